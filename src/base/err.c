@@ -98,6 +98,8 @@ const char *fy_strerror(int code) {
     return "limit exceeded";
   case FY_ENOTBUILT:
     return "not built yet";
+  case FY_EAGAIN:
+    return "try again later";
   default:
     return "unknown error";
   }

@@ -23,6 +23,7 @@ enum fy_code {
   FY_EUSAGE = -9,       /* wrong command-line usage */
   FY_ELIMIT = -10,      /* a size or count limit was exceeded */
   FY_ENOTBUILT = -11,   /* the feature exists in the design, not yet in code */
+  FY_EAGAIN = -12,      /* not now: a socket buffer is full; retry when it drains */
 };
 
 #define FY_ERR_MSG_MAX 512
