@@ -86,6 +86,8 @@ static const struct fy_quic_handler server_handlers[] = {
     {.alpn = ALPN, .user = NULL, .on_open = on_open, .on_stream_data = on_data, .on_close = on_close},
 };
 
+static bool anonymous_client;
+
 static void make_side(struct side *s, bool server, const char *alpn, uint32_t retry_above, uint64_t hs_ms) {
   struct fy_err err = {0};
   assert_int_equal(fy_key_generate(&s->key, &err), 0);
@@ -94,7 +96,7 @@ static void make_side(struct side *s, bool server, const char *alpn, uint32_t re
   h->alpn = alpn;
   h->user = s;
   struct fy_quic_config cfg = {
-      .key = &s->key,
+      .key = !server && anonymous_client ? NULL : &s->key,
       .listen = "127.0.0.1:0",
       .handlers = h,
       .nhandlers = 1,
@@ -238,6 +240,28 @@ static void unknown_alpn_fails(void **state) {
   assert_int_equal(W->server.opened, 0);
 }
 
+static bool server_refused(void) {
+  struct fy_quic_stats st;
+  fy_quic_get_stats(W->server.q, &st);
+  return W->client.closed > 0 && st.handshakes_failed > 0;
+}
+
+static void peer_without_certificate_refused(void **state) {
+  (void)state;
+  make_side(&W->server, true, ALPN, UINT32_MAX, 0);
+  anonymous_client = true;
+  make_side(&W->client, false, ALPN, 0, 0);
+  anonymous_client = false;
+  dial(&W->server.key.id);
+  run_until(server_refused, 5000);
+  assert_false(W->timed_out);
+  /* TLS 1.3 lets a client finish before the server judges its certificate,
+   * so the client may see "open" briefly; the server never does. */
+  assert_int_equal(W->server.opened, 0);
+  assert_int_equal(W->client.why.kind, FY_QCLOSE_TLS);
+  assert_non_null(strstr(W->client.why.msg, "alert"));
+}
+
 static void retry_then_handshake(void **state) {
   (void)state;
   make_side(&W->server, true, ALPN, 0, 0); /* every handshake must validate its address */
@@ -345,6 +369,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(bulk_echo_keeps_every_byte, setup, teardown),
       cmocka_unit_test_setup_teardown(wrong_expected_key_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(unknown_alpn_fails, setup, teardown),
+      cmocka_unit_test_setup_teardown(peer_without_certificate_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(retry_then_handshake, setup, teardown),
       cmocka_unit_test_setup_teardown(silent_peer_times_out, setup, teardown),
       cmocka_unit_test_setup_teardown(peer_close_code_arrives, setup, teardown),

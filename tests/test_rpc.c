@@ -3,11 +3,14 @@
  * lossy, reordering relay between the two for loss and a vanishing peer. */
 #include <arpa/inet.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <sodium.h>
@@ -94,6 +97,8 @@ struct world {
   int cancels_seen;
   int cancel_code;
   struct fy_nodeid server_saw_peer;
+  struct fy_qclose close_why;
+  int conns_closed;
 };
 
 static struct world *W;
@@ -265,19 +270,24 @@ static void relay_closed(struct fy_udp *u) {
 static int stop_world(void **state) {
   (void)state;
   done_count = 0;
+  int want = 0;
   fy_quic_shutdown(W->client, freed, NULL);
-  fy_quic_shutdown(W->server, freed, NULL);
-  int want = 2;
+  want++;
+  if (W->server) {
+    fy_quic_shutdown(W->server, freed, NULL);
+    want++;
+  }
   if (W->use_relay) {
     fy_udp_close(&W->relay.sock, relay_closed);
-    want = 3;
+    want++;
   }
   while (done_count < want)
     uv_run(&W->loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&W->deadline, NULL);
   uv_run(&W->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&W->loop), 0);
-  fy_rpc_free(W->srpc);
+  if (W->srpc)
+    fy_rpc_free(W->srpc);
   fy_rpc_free(W->crpc);
   fy_key_free(&W->skey);
   fy_key_free(&W->ckey);
@@ -478,6 +488,141 @@ static void peer_vanishes_mid_call(void **state) {
   assert_non_null(strstr(W->last.message, "connection lost"));
 }
 
+/* ---- two processes ------------------------------------------------------------------ */
+
+/* The server side in a child process of its own: its own loop, key and
+ * endpoint. It writes its port to `fd` and serves until killed. */
+static void serve_in_child(int fd, const uint8_t seed[32]) {
+  W = calloc(1, sizeof(*W)); /* the methods note what they see here */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct fy_err err = {0};
+  struct fy_key key = {0};
+  struct fy_rpc *rpc = NULL;
+  struct fy_quic *q = NULL;
+  struct fy_rpc_config rcfg = {.methods = methods, .nmethods = sizeof(methods) / sizeof(methods[0])};
+  if (fy_crypto_init(&err) < 0 || fy_key_from_seed(&key, seed, &err) < 0 ||
+      fy_rpc_new(&rpc, &loop, &rcfg, &err) < 0)
+    _exit(2);
+  struct fy_quic_handler h = fy_rpc_quic_handler(rpc);
+  struct fy_quic_config cfg = {
+      .key = &key, .listen = "127.0.0.1:0", .handlers = &h, .nhandlers = 1, .accept = true};
+  if (fy_quic_new(&q, &loop, &cfg, &err) < 0)
+    _exit(3);
+  struct sockaddr_storage addr;
+  socklen_t len;
+  fy_quic_local_addr(q, &addr, &len);
+  uint16_t port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
+  if (write(fd, &port, sizeof(port)) != sizeof(port))
+    _exit(4);
+  close(fd);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  _exit(0);
+}
+
+static void note_conn_close(struct fy_qconn *c, const struct fy_qclose *why, void *user) {
+  (void)c;
+  (void)user;
+  W->close_why = *why;
+  W->conns_closed++;
+}
+static bool conn_closed(void) {
+  return W->conns_closed > 0;
+}
+
+static void two_processes_every_shape(void **state) {
+  (void)state;
+  uint8_t seed[32];
+  randombytes_buf(seed, sizeof(seed));
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    serve_in_child(fds[1], seed);
+  }
+  close(fds[1]);
+  uint16_t port = 0;
+  assert_int_equal(read(fds[0], &port, sizeof(port)), sizeof(port));
+  close(fds[0]);
+
+  struct fy_err err = {0};
+  assert_int_equal(fy_crypto_init(&err), 0);
+  W = calloc(1, sizeof(*W));
+  uv_loop_init(&W->loop);
+  uv_timer_init(&W->loop, &W->deadline);
+  assert_int_equal(fy_key_generate(&W->ckey, &err), 0);
+  struct fy_key server_key = {0};
+  assert_int_equal(fy_key_from_seed(&server_key, seed, &err), 0);
+  struct fy_rpc_config ccfg = {0};
+  assert_int_equal(fy_rpc_new(&W->crpc, &W->loop, &ccfg, &err), 0);
+  struct fy_quic_handler ch = fy_rpc_quic_handler(W->crpc);
+  struct fy_quic_config cfg = {.key = &W->ckey, .listen = "127.0.0.1:0", .handlers = &ch, .nhandlers = 1};
+  assert_int_equal(fy_quic_new(&W->client, &W->loop, &cfg, &err), 0);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+  /* Pinning the wrong key fails, and says so. */
+  struct fy_nodeid wrong;
+  randombytes_buf(wrong.key, sizeof(wrong.key));
+  struct fy_qconn *bad = NULL;
+  assert_int_equal(
+      fy_quic_dial(W->client, &wrong, (struct sockaddr *)&addr, sizeof(addr), FY_RPC_ALPN, NULL, &bad, &err),
+      0);
+  fy_rpc_set_conn_observer(W->crpc, NULL, note_conn_close, NULL);
+  assert_true(run_until(conn_closed, 5000));
+  assert_int_equal(W->close_why.kind, FY_QCLOSE_WRONG_ID);
+  assert_non_null(strstr(W->close_why.msg, "wrong identity"));
+
+  assert_int_equal(fy_quic_dial(W->client, &server_key.id, (struct sockaddr *)&addr, sizeof(addr),
+                                FY_RPC_ALPN, NULL, &W->conn, &err),
+                   0);
+  assert_true(run_until(conn_open, 10000));
+  assert_true(fy_nodeid_equal(fy_qconn_peer(W->conn), &server_key.id));
+
+  /* unary */
+  assert_int_equal(
+      fy_rpc_unary(W->crpc, W->conn, "test.echo", (const uint8_t *)"ping", 4, 0, &cb, NULL, &err), 0);
+  wait_statuses(1, 5000);
+  assert_int_equal(W->last.code, FY_RPC_OK);
+  assert_int_equal(W->msgs_seen, 1);
+  /* server streaming */
+  uint32_t n = 100;
+  assert_int_equal(fy_rpc_unary(W->crpc, W->conn, "test.count", (const uint8_t *)&n, 4, 0, &cb, NULL, &err),
+                   0);
+  wait_statuses(2, 5000);
+  assert_int_equal(W->msgs_seen, 101);
+  /* client streaming */
+  struct fy_rpc_ccall *call;
+  assert_int_equal(fy_rpc_start(W->crpc, W->conn, "test.sum", 0, &cb, NULL, &call, &err), 0);
+  for (uint32_t i = 1; i <= 100; i++)
+    assert_true(fy_rpc_send(call, (const uint8_t *)&i, 4) >= 0);
+  assert_int_equal(fy_rpc_end(call), 0);
+  wait_statuses(3, 5000);
+  assert_int_equal(W->sum_seen, 5050);
+  /* bidirectional */
+  assert_int_equal(fy_rpc_start(W->crpc, W->conn, "test.echo", 0, &cb, NULL, &call, &err), 0);
+  for (int i = 0; i < 10; i++) {
+    size_t before = W->msgs_seen;
+    assert_true(fy_rpc_send(call, (const uint8_t *)"x", 1) >= 0);
+    while (W->msgs_seen == before)
+      uv_run(&W->loop, UV_RUN_ONCE);
+  }
+  assert_int_equal(fy_rpc_end(call), 0);
+  wait_statuses(4, 5000);
+  /* a typed error from the other process */
+  assert_int_equal(fy_rpc_unary(W->crpc, W->conn, "test.fail", NULL, 0, 0, &cb, NULL, &err), 0);
+  wait_statuses(5, 5000);
+  assert_int_equal(W->last.code, FY_RPC_NOT_FOUND);
+
+  kill(pid, SIGKILL);
+  int status;
+  waitpid(pid, &status, 0);
+  fy_key_free(&server_key);
+  W->server = NULL;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(unary, stop_world),
@@ -491,6 +636,7 @@ int main(void) {
       cmocka_unit_test_teardown(thousand_concurrent_calls, stop_world),
       cmocka_unit_test_teardown(lossy_reordering_path, stop_world),
       cmocka_unit_test_teardown(peer_vanishes_mid_call, stop_world),
+      cmocka_unit_test_teardown(two_processes_every_shape, stop_world),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -92,7 +92,9 @@ struct fy_quic_handler {
 };
 
 struct fy_quic_config {
-  const struct fy_key *key;               /* borrowed; must outlive the endpoint */
+  /* borrowed; must outlive the endpoint. NULL only in tests: a dialer
+   * without a certificate, which every server refuses */
+  const struct fy_key *key;
   const char *listen;                     /* "127.0.0.1:0", "[::]:4433" */
   const struct fy_quic_handler *handlers; /* copied by fy_quic_new */
   size_t nhandlers;

@@ -85,7 +85,9 @@ int fy_tls_ctx_init(struct fy_tls_ctx *t, enum fy_tls_role role, const struct fy
     memcpy(&t->alpn_wire[t->alpn_wire_len], alpns[i], n);
     t->alpn_wire_len += n;
   }
-  int rc = fy_cert_make(&t->cert, key, err);
+  if (!key && role == FY_TLS_SERVER)
+    return fy_err_set(err, FY_EINVAL, "a TLS server needs a key");
+  int rc = key ? fy_cert_make(&t->cert, key, err) : 0;
   if (rc < 0)
     return rc;
   t->ctx = wolfSSL_CTX_new(role == FY_TLS_SERVER ? wolfTLSv1_3_server_method() : wolfTLSv1_3_client_method());
@@ -97,10 +99,10 @@ int fy_tls_ctx_init(struct fy_tls_ctx *t, enum fy_tls_role role, const struct fy
   if ((role == FY_TLS_SERVER ? ngtcp2_crypto_wolfssl_configure_server_context(t->ctx)
                              : ngtcp2_crypto_wolfssl_configure_client_context(t->ctx)) != 0)
     step = "configure for QUIC";
-  else if (wolfSSL_CTX_use_certificate_buffer(t->ctx, t->cert.cert_der, (long)t->cert.cert_len,
+  else if (key && wolfSSL_CTX_use_certificate_buffer(t->ctx, t->cert.cert_der, (long)t->cert.cert_len,
                                               WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
     step = "load the certificate";
-  else if (wolfSSL_CTX_use_PrivateKey_buffer(t->ctx, t->cert.key_der, (long)t->cert.key_len,
+  else if (key && wolfSSL_CTX_use_PrivateKey_buffer(t->ctx, t->cert.key_der, (long)t->cert.key_len,
                                              WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
     step = "load the private key";
   else if (wolfSSL_CTX_set1_sigalgs_list(t->ctx, "ED25519") != WOLFSSL_SUCCESS)

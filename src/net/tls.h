@@ -61,6 +61,8 @@ struct fy_tls_ctx {
   char alpn_list[FY_TLS_ALPNS_MAX * (FY_TLS_ALPN_MAX + 1)]; /* comma-separated, for wolfSSL_UseALPN */
 };
 
+/* key NULL (clients only) presents no certificate: that is how tests play a
+ * peer without one, which every ferry server refuses. */
 int fy_tls_ctx_init(struct fy_tls_ctx *t, enum fy_tls_role role, const struct fy_key *key,
                     const char *const *alpns, size_t nalpns, struct fy_err *err);
 void fy_tls_ctx_free(struct fy_tls_ctx *t);

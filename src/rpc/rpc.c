@@ -480,8 +480,9 @@ static void rpc_on_stream_data(struct fy_qconn *qc, int64_t sid, const uint8_t *
     if (got == 0)
       break;
     struct fy_rpc_frame f;
-    if (fy_frame_parse(body.ptr, body.len, &f, &err) < 0) {
-      fy_qconn_reset_stream(qc, sid, FY_RPC_QUIC_PROTOCOL_VIOLATION);
+    int parsed = fy_frame_parse(body.ptr, body.len, &f, &err);
+    if (parsed < 0) {
+      fy_qconn_reset_stream(qc, sid, fy_frame_quic_error(parsed));
       if (s->role == ROLE_CLIENT)
         client_local_status(s, FY_RPC_INTERNAL, err.msg, false);
       else
@@ -493,8 +494,19 @@ static void rpc_on_stream_data(struct fy_qconn *qc, int64_t sid, const uint8_t *
     else
       server_frame(s, &f);
   }
-  if (fin && !s->done && s->role == ROLE_CLIENT)
-    client_local_status(s, FY_RPC_INTERNAL, "the server ended the stream without a STATUS", false);
+  if (fin && !s->done) {
+    struct fy_err err = {0};
+    if (fy_frame_reader_finish(&s->reader, &err) < 0) {
+      /* The peer's side ended inside a frame. */
+      fy_qconn_reset_stream(qc, sid, FY_RPC_QUIC_PROTOCOL_VIOLATION);
+      if (s->role == ROLE_CLIENT)
+        client_local_status(s, FY_RPC_INTERNAL, err.msg, false);
+      else
+        server_cancel(s, FY_RPC_INTERNAL);
+    } else if (s->role == ROLE_CLIENT) {
+      client_local_status(s, FY_RPC_INTERNAL, "the server ended the stream without a STATUS", false);
+    }
+  }
   fy_qconn_consume(qc, sid, len);
   if (s->free_after_callback) {
     s->free_after_callback = false;
