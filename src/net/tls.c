@@ -100,10 +100,10 @@ int fy_tls_ctx_init(struct fy_tls_ctx *t, enum fy_tls_role role, const struct fy
                              : ngtcp2_crypto_wolfssl_configure_client_context(t->ctx)) != 0)
     step = "configure for QUIC";
   else if (key && wolfSSL_CTX_use_certificate_buffer(t->ctx, t->cert.cert_der, (long)t->cert.cert_len,
-                                              WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
+                                                     WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
     step = "load the certificate";
   else if (key && wolfSSL_CTX_use_PrivateKey_buffer(t->ctx, t->cert.key_der, (long)t->cert.key_len,
-                                             WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
+                                                    WOLFSSL_FILETYPE_ASN1) != WOLFSSL_SUCCESS)
     step = "load the private key";
   else if (wolfSSL_CTX_set1_sigalgs_list(t->ctx, "ED25519") != WOLFSSL_SUCCESS)
     step = "restrict signatures to Ed25519";
