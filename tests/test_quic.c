@@ -87,6 +87,7 @@ static const struct fy_quic_handler server_handlers[] = {
 };
 
 static bool anonymous_client;
+static uint64_t idle_ms, keepalive_ms;
 
 static void make_side(struct side *s, bool server, const char *alpn, uint32_t retry_above, uint64_t hs_ms) {
   struct fy_err err = {0};
@@ -104,6 +105,8 @@ static void make_side(struct side *s, bool server, const char *alpn, uint32_t re
       .retry_above_per_sec = retry_above,
       .retry_never = server && retry_above == UINT32_MAX,
       .handshake_timeout_ms = hs_ms,
+      .idle_timeout_ms = idle_ms,
+      .keepalive_ms = server ? 0 : keepalive_ms,
   };
   int rc = fy_quic_new(&s->q, &W->loop, &cfg, &err);
   if (rc != 0)
@@ -262,6 +265,44 @@ static void peer_without_certificate_refused(void **state) {
   assert_non_null(strstr(W->client.why.msg, "alert"));
 }
 
+static bool never(void) {
+  return false;
+}
+
+/* Idle connections close after the idle timeout unless the dialer keeps them alive. */
+static void idle_timeout_and_keepalive(void **state) {
+  (void)state;
+  idle_ms = 300;
+  keepalive_ms = 100;
+  make_side(&W->server, true, ALPN, UINT32_MAX, 0);
+  make_side(&W->client, false, ALPN, 0, 0);
+  dial(&W->server.key.id);
+  run_until(never, 1200);
+  assert_int_equal(W->client.opened, 1);
+  assert_int_equal(W->client.closed, 0); /* kept alive for 4 idle periods */
+
+  keepalive_ms = 0;
+  struct side quiet = {0};
+  make_side(&quiet, false, ALPN, 0, 0);
+  struct sockaddr_storage addr;
+  socklen_t len;
+  fy_quic_local_addr(W->server.q, &addr, &len);
+  struct fy_qconn *c = NULL;
+  struct fy_err err = {0};
+  assert_int_equal(
+      fy_quic_dial(quiet.q, &W->server.key.id, (struct sockaddr *)&addr, len, ALPN, NULL, &c, &err), 0);
+  run_until(never, 1200);
+  assert_int_equal(quiet.opened, 1);
+  assert_int_equal(quiet.closed, 1);
+  assert_int_equal(quiet.why.kind, FY_QCLOSE_IDLE);
+  int done = 0;
+  fy_quic_shutdown(quiet.q, freed, &done);
+  while (!done)
+    uv_run(&W->loop, UV_RUN_ONCE);
+  fy_key_free(&quiet.key);
+  idle_ms = 0;
+}
+
 static void retry_then_handshake(void **state) {
   (void)state;
   make_side(&W->server, true, ALPN, 0, 0); /* every handshake must validate its address */
@@ -371,6 +412,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(unknown_alpn_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(peer_without_certificate_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(retry_then_handshake, setup, teardown),
+      cmocka_unit_test_setup_teardown(idle_timeout_and_keepalive, setup, teardown),
       cmocka_unit_test_setup_teardown(silent_peer_times_out, setup, teardown),
       cmocka_unit_test_setup_teardown(peer_close_code_arrives, setup, teardown),
       cmocka_unit_test_setup_teardown(garbage_and_unknown_versions_leave_connections_working, setup,
