@@ -98,6 +98,7 @@ struct world {
   int cancel_code;
   struct fy_nodeid server_saw_peer;
   struct fy_qclose close_why;
+  void *close_user;
   int conns_closed;
 };
 
@@ -521,13 +522,16 @@ static void serve_in_child(int fd, const uint8_t seed[32]) {
 }
 
 static void note_conn_close(struct fy_qconn *c, const struct fy_qclose *why, void *user) {
-  (void)c;
   (void)user;
   W->close_why = *why;
+  W->close_user = fy_rpc_conn_user(c);
   W->conns_closed++;
 }
 static bool conn_closed(void) {
   return W->conns_closed > 0;
+}
+static bool two_conns_closed(void) {
+  return W->conns_closed > 1;
 }
 
 static void two_processes_every_shape(void **state) {
@@ -575,8 +579,9 @@ static void two_processes_every_shape(void **state) {
   assert_int_equal(W->close_why.kind, FY_QCLOSE_WRONG_ID);
   assert_non_null(strstr(W->close_why.msg, "wrong identity"));
 
+  static int marker;
   assert_int_equal(fy_quic_dial(W->client, &server_key.id, (struct sockaddr *)&addr, sizeof(addr),
-                                FY_RPC_ALPN, NULL, &W->conn, &err),
+                                FY_RPC_ALPN, &marker, &W->conn, &err),
                    0);
   assert_true(run_until(conn_open, 10000));
   assert_true(fy_nodeid_equal(fy_qconn_peer(W->conn), &server_key.id));
@@ -615,6 +620,12 @@ static void two_processes_every_shape(void **state) {
   assert_int_equal(fy_rpc_unary(W->crpc, W->conn, "test.fail", NULL, 0, 0, &cb, NULL, &err), 0);
   wait_statuses(5, 5000);
   assert_int_equal(W->last.code, FY_RPC_NOT_FOUND);
+
+  /* The dialer's pointer is still there for the observer when the connection closes. */
+  fy_qconn_close(W->conn, 0, "done");
+  assert_true(run_until(two_conns_closed, 5000));
+  assert_ptr_equal(W->close_user, &marker);
+  assert_int_equal(W->close_why.kind, FY_QCLOSE_LOCAL);
 
   kill(pid, SIGKILL);
   int status;

@@ -576,11 +576,14 @@ static void rpc_on_close(struct fy_qconn *qc, const struct fy_qclose *why, void 
       else
         server_cancel(s, FY_RPC_UNAVAILABLE);
     }
+  }
+  /* The observer runs while our state is intact, so fy_rpc_conn_user works in it. */
+  if (r->obs_close)
+    r->obs_close(qc, why, r->obs_user);
+  if (rc) {
     fy_qconn_set_user(qc, rc->observer_user);
     free(rc);
   }
-  if (r->obs_close)
-    r->obs_close(qc, why, r->obs_user);
 }
 
 struct fy_quic_handler fy_rpc_quic_handler(struct fy_rpc *r) {
