@@ -48,6 +48,12 @@ test: build-debug
 test-unit: build-debug
     meson test -C build/debug --print-errorlogs
 
+# release build in build/release, then every benchmark in it (tests/bench_*): JSON lines on stdout
+bench:
+    [ -f build/release/build.ninja ] || meson setup build/release --buildtype=release -Db_lto=true >&2
+    meson compile -C build/release >&2
+    tools/bench build/release
+
 # run the fuzz targets: just fuzz [target] [seconds]
 fuzz target="all" seconds="300":
     tools/fuzz "{{target}}" "{{seconds}}"

@@ -14,19 +14,24 @@
  *   rpc.unary_latency_p50_us, _p99_us    one 8-byte echo call at a time, unloaded
  *   quic.bulk_mb_per_sec                 one stream client -> server, server discards
  *   rpc.framing_overhead_pct             64 KiB messages echoed in a bidi call vs the same
- *                                        bytes echoed on a raw stream of the same endpoints
+ *                                        bytes echoed in 64 KiB pieces on a raw stream of
+ *                                        the same endpoints: (raw / rpc MB/s - 1) * 100
  *   quic.idle_conn_memory_kib            server heap per idle authenticated RPC connection
  * Diagnostics (CPU use of both sides, failures) go to stderr.
  *
- * Usage: bench_transport [--quick] [--only SUBSTRING]
- *   --quick  short runs for CI smoke (about 0.5 s per figure)
- *   --only   run only the figures whose name contains SUBSTRING */
+ * Usage: bench_transport [--quick] [--only SUBSTRING] [--seconds S]
+ *   --quick    short runs for CI smoke (about 0.5 s per figure)
+ *   --only     run only the figures whose name contains SUBSTRING
+ *   --seconds  how long the timed figures (handshakes, pipelined calls) run,
+ *              e.g. longer under valgrind */
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/buf.h"
 #include "crypto/key.h"
 #include "net/quic.h"
 #include "rpc/rpc.h"
@@ -49,16 +55,23 @@
 #define HS_INFLIGHT 64
 #define UNARY_INFLIGHT 256
 #define UNARY_PAYLOAD 8
-#define ECHO_MSG (64 * 1024)
+#define CHUNK_BYTES ((size_t)64 * 1024) /* the client writes this much at a time */
+#define ECHO_MSG CHUNK_BYTES
 #define ECHO_WINDOW ((uint64_t)4 * 1024 * 1024) /* echoed bytes the client keeps in flight */
-#define BULK_CHUNK (64 * 1024)
-#define BULK_HIGH ((uint64_t)16 * 1024 * 1024) /* the bulk sender stops above this many unacked bytes */
-#define BULK_LOW ((uint64_t)8 * 1024 * 1024)   /* ... and resumes below this (stream_low_water) */
+#define BULK_CHUNK CHUNK_BYTES
+#define BULK_HIGH ((uint64_t)4 * 1024 * 1024) /* the bulk sender stops above this many unacked bytes */
+#define BULK_LOW ((uint64_t)2 * 1024 * 1024)  /* ... and resumes below this (stream_low_water) */
 #define BIG_STREAM_WINDOW ((uint64_t)16 * 1024 * 1024)
 #define BIG_CONN_WINDOW ((uint64_t)32 * 1024 * 1024)
 #define MIB ((uint64_t)1024 * 1024)
+/* The endpoint never raises the peer's stream limit (no MAX_STREAMS: nothing
+ * calls ngtcp2_conn_extend_max_streams_bidi), so a connection carries at most
+ * max_streams_bidi calls in its whole life. The call benchmarks make that
+ * limit large enough for every call they make; see docs/benchmarks.md. */
+#define MANY_STREAMS ((uint64_t)1 << 32)
 
 static bool quick;
+static double seconds_opt; /* --seconds: the timed figures' run, e.g. longer under valgrind */
 static int exit_code;
 static struct fy_key skey, ckey;
 
@@ -68,11 +81,21 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static double cpu_s(void) {
+/* CPU time of this process, user and system. */
+struct cpu {
+  double user, sys;
+};
+
+static struct cpu cpu_now(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-         (double)ru.ru_stime.tv_usec / 1e6;
+  return (struct cpu){(double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
+                      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6};
+}
+
+static struct cpu cpu_since(struct cpu start) {
+  struct cpu now = cpu_now();
+  return (struct cpu){now.user - start.user, now.sys - start.sys};
 }
 
 __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...) {
@@ -102,6 +125,8 @@ static void emit(const char *name, double value, const char *unit, double goal, 
     exit_code = 1;
 }
 
+static bool pinning; /* CPUs SERVER_CPU and CLIENT_CPU were both ours at start */
+
 static bool two_cpus(void) {
   cpu_set_t set;
   return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_ISSET(SERVER_CPU, &set) &&
@@ -116,20 +141,83 @@ static void pin_cpu(int cpu) {
     fprintf(stderr, "bench_transport: cannot pin to CPU %d: %s\n", cpu, strerror(errno));
 }
 
+/* CPU cpu's busy and total ticks so far, from /proc/stat. */
+static bool cpu_ticks(int cpu, unsigned long long *busy, unsigned long long *total) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f)
+    return false;
+  char want[16], line[512];
+  snprintf(want, sizeof(want), "cpu%d ", cpu);
+  bool found = false;
+  while (!found && fgets(line, sizeof(line), f)) {
+    unsigned long long v[8] = {0};
+    if (strncmp(line, want, strlen(want)) == 0 &&
+        sscanf(line + strlen(want), "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) == 8) {
+      *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+      *busy = *total - v[3] - v[4]; /* all but idle and iowait */
+      found = true;
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+/* Figures from a machine that is busy with something else are low: say so. */
+static void warn_if_busy(void) {
+  unsigned long long b0[2], t0[2], b1[2], t1[2];
+  int cpus[2] = {SERVER_CPU, CLIENT_CPU};
+  for (int i = 0; i < 2; i++)
+    if (!cpu_ticks(cpus[i], &b0[i], &t0[i]))
+      return;
+  usleep(300000);
+  for (int i = 0; i < 2; i++) {
+    if (!cpu_ticks(cpus[i], &b1[i], &t1[i]) || t1[i] == t0[i])
+      return;
+    double busy = (double)(b1[i] - b0[i]) / (double)(t1[i] - t0[i]);
+    if (busy > 0.1)
+      fprintf(stderr, "bench_transport: warning: CPU %d is %.0f%% busy before the run: figures will be low\n",
+              cpus[i], busy * 100);
+  }
+}
+
+/* The system's UDP RcvbufErrors counter (/proc/net/snmp): datagrams the
+ * kernel dropped because a receive buffer was full; 0 if unknown. */
+static unsigned long long udp_rcvbuf_errors(void) {
+  FILE *f = fopen("/proc/net/snmp", "r");
+  if (!f)
+    return 0;
+  char names[1024], values[1024];
+  unsigned long long result = 0;
+  while (fgets(names, sizeof(names), f) && fgets(values, sizeof(values), f)) {
+    if (strncmp(names, "Udp: ", 5) != 0 || strncmp(values, "Udp: ", 5) != 0)
+      continue;
+    char *np = NULL, *vp = NULL;
+    char *n = strtok_r(names + 5, " \n", &np), *v = strtok_r(values + 5, " \n", &vp);
+    for (; n && v; n = strtok_r(NULL, " \n", &np), v = strtok_r(NULL, " \n", &vp))
+      if (strcmp(n, "RcvbufErrors") == 0)
+        result = strtoull(v, NULL, 10);
+    break;
+  }
+  fclose(f);
+  return result;
+}
+
 /* ==== the server process ================================================== */
 
 enum raw_mode { RAW_SINK, RAW_ECHO };
 
 struct srv_opts {
-  bool retry;          /* Retry before every handshake (else retry_never) */
-  bool big_windows;    /* BIG_STREAM_WINDOW / BIG_CONN_WINDOW instead of the defaults */
-  enum raw_mode raw;   /* what the BENCH_ALPN handler does with stream data */
+  bool retry;        /* Retry before every handshake (else retry_never) */
+  bool big_windows;  /* BIG_STREAM_WINDOW / BIG_CONN_WINDOW instead of the defaults */
+  enum raw_mode raw; /* what the BENCH_ALPN handler does with stream data */
+  bool many_streams; /* max_streams_bidi = MANY_STREAMS (see there) */
 };
 
 /* What the server tells us when asked ('S'), and when told to quit ('Q'). */
 struct srv_report {
   struct fy_quic_stats stats;
-  double cpu_s;        /* user + system CPU time of the server process */
+  struct cpu cpu;      /* CPU time of the server process */
   uint64_t heap_bytes; /* mallinfo2().uordblks: bytes in use from malloc */
   uint64_t rss_kib;
 };
@@ -166,39 +254,63 @@ static const struct fy_rpc_method srv_methods[] = {
     {.name = ECHO_METHOD, .on_start = srv_echo_start, .on_msg = srv_echo_msg, .on_end = srv_echo_end},
 };
 
-/* The raw handler: a sink answers FIN with the byte count (8 bytes, FIN);
- * an echo writes every byte back and finishes when the peer does. */
+/* The raw handler. A sink counts and discards, and answers FIN with the count
+ * (8 bytes, FIN). An echo sends the bytes back in ECHO_MSG pieces, as a
+ * message-oriented application would (it needs each message whole, so it
+ * gathers one, as the RPC layer does, then writes it in one go); it finishes
+ * when the peer does. */
+struct raw_stream {
+  uint64_t count;
+  struct fy_buf msg;
+};
+
 static void srv_raw_data(struct fy_qconn *c, int64_t sid, const uint8_t *data, size_t len, bool fin,
                          void *user) {
   (void)user;
-  if (S.opts.raw == RAW_ECHO) {
-    if (len > 0 || fin)
-      fy_qconn_write(c, sid, data, len, fin);
-  } else {
-    uint64_t *count = fy_qconn_stream_user(c, sid);
-    if (!count) {
-      count = calloc(1, sizeof(*count));
-      if (!count)
-        die("server: out of memory");
-      fy_qconn_set_stream_user(c, sid, count);
-    }
-    *count += len;
-    if (fin)
-      fy_qconn_write(c, sid, (const uint8_t *)count, sizeof(*count), true);
+  struct raw_stream *rs = fy_qconn_stream_user(c, sid);
+  if (!rs) {
+    rs = calloc(1, sizeof(*rs));
+    if (!rs)
+      die("server: out of memory");
+    fy_qconn_set_stream_user(c, sid, rs);
   }
+  rs->count += len;
+  if (S.opts.raw == RAW_SINK) {
+    if (fin)
+      fy_qconn_write(c, sid, (const uint8_t *)&rs->count, sizeof(rs->count), true);
+    fy_qconn_consume(c, sid, len);
+    return;
+  }
+  size_t off = 0;
+  while (off < len) {
+    size_t n = len - off < ECHO_MSG - rs->msg.len ? len - off : ECHO_MSG - rs->msg.len;
+    if (fy_buf_append(&rs->msg, data + off, n, NULL) < 0)
+      die("server: out of memory");
+    off += n;
+    if (rs->msg.len == ECHO_MSG) {
+      fy_qconn_write(c, sid, rs->msg.data, rs->msg.len, false);
+      rs->msg.len = 0;
+    }
+  }
+  if (fin)
+    fy_qconn_write(c, sid, rs->msg.data, rs->msg.len, true);
   fy_qconn_consume(c, sid, len);
 }
 
 static void srv_raw_stream_close(struct fy_qconn *c, int64_t sid, void *user) {
   (void)user;
-  free(fy_qconn_stream_user(c, sid));
+  struct raw_stream *rs = fy_qconn_stream_user(c, sid);
+  if (rs) {
+    fy_buf_free(&rs->msg);
+    free(rs);
+  }
   fy_qconn_set_stream_user(c, sid, NULL);
 }
 
 static void srv_report_fill(struct srv_report *r) {
   memset(r, 0, sizeof(*r));
   fy_quic_get_stats(S.q, &r->stats);
-  r->cpu_s = cpu_s();
+  r->cpu = cpu_now();
   struct mallinfo2 mi = mallinfo2();
   r->heap_bytes = mi.uordblks;
   FILE *f = fopen("/proc/self/statm", "r");
@@ -233,7 +345,7 @@ static void srv_on_too_long(uv_timer_t *t) {
 
 __attribute__((noreturn)) static void server_main(void) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (two_cpus())
+  if (pinning)
     pin_cpu(SERVER_CPU);
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -256,6 +368,7 @@ __attribute__((noreturn)) static void server_main(void) {
       .retry_above_per_sec = 0, /* with retry_never false: a Retry before every handshake */
       .stream_window = S.opts.big_windows ? BIG_STREAM_WINDOW : 0,
       .conn_window = S.opts.big_windows ? BIG_CONN_WINDOW : 0,
+      .max_streams_bidi = S.opts.many_streams ? MANY_STREAMS : 0,
   };
   if (fy_quic_new(&S.q, &loop, &cfg, &err) < 0)
     die("server: %s", err.msg);
@@ -493,9 +606,15 @@ static struct fy_qconn *dial_open(const struct server *srv, const char *alpn) {
   return waiting_conn;
 }
 
-static void report_cpu(const char *what, double wall, double server_cpu, double client_cpu) {
-  fprintf(stderr, "bench_transport: %s: %.3f s, server CPU %.0f%%, client CPU %.0f%%\n", what, wall,
-          100 * server_cpu / wall, 100 * client_cpu / wall);
+/* How busy both sides were: the side near 100% is the bottleneck. */
+static void report_cpu(const char *what, double wall, const struct srv_report *r0,
+                       const struct srv_report *r1, struct cpu client) {
+  double su = r1->cpu.user - r0->cpu.user, ss = r1->cpu.sys - r0->cpu.sys;
+  fprintf(stderr,
+          "bench_transport: %s: %.3f s, server CPU %.0f%% (user %.0f%%, sys %.0f%%), client CPU %.0f%% (user "
+          "%.0f%%, sys %.0f%%)\n",
+          what, wall, 100 * (su + ss) / wall, 100 * su / wall, 100 * ss / wall,
+          100 * (client.user + client.sys) / wall, 100 * client.user / wall, 100 * client.sys / wall);
 }
 
 /* ==== quic.handshakes_per_sec ============================================= */
@@ -506,44 +625,49 @@ static void report_cpu(const char *what, double wall, double server_cpu, double 
  * Finished, and the server would never complete the handshake). */
 enum slot_state { SLOT_FREE, SLOT_DIALING, SLOT_FRESH, SLOT_READY };
 
+struct slot {
+  enum slot_state state;
+  struct fy_qconn *conn;
+};
+
 static struct {
   const struct server *srv;
-  enum slot_state slot[HS_INFLIGHT];
-  struct fy_qconn *conn[HS_INFLIGHT];
+  struct slot slot[HS_INFLIGHT]; /* a slot is its connection's user pointer */
   bool dialing;
   uint64_t opened, failed;
   char last_failure[192];
 } H;
 
 static void hs_open(struct fy_qconn *c) {
-  size_t i = (size_t)(uintptr_t)fy_qconn_user(c);
-  H.slot[i] = SLOT_FRESH;
+  struct slot *sl = fy_qconn_user(c);
+  sl->state = SLOT_FRESH;
   H.opened++;
   cli_busy(true);
 }
 
 static void hs_close(struct fy_qconn *c, const struct fy_qclose *why) {
-  size_t i = (size_t)(uintptr_t)fy_qconn_user(c);
+  struct slot *sl = fy_qconn_user(c);
   if (!fy_qconn_was_opened(c)) {
     H.failed++;
     snprintf(H.last_failure, sizeof(H.last_failure), "%s", why->msg);
   }
-  H.slot[i] = SLOT_FREE;
-  H.conn[i] = NULL;
+  sl->state = SLOT_FREE;
+  sl->conn = NULL;
 }
 
 static void hs_check(void) {
   bool busy = false;
   for (size_t i = 0; i < HS_INFLIGHT; i++) {
-    if (H.slot[i] == SLOT_READY)
-      fy_qconn_close(H.conn[i], 0, NULL); /* on_close frees the slot before this returns */
-    else if (H.slot[i] == SLOT_FRESH) {
-      H.slot[i] = SLOT_READY;
+    struct slot *sl = &H.slot[i];
+    if (sl->state == SLOT_READY)
+      fy_qconn_close(sl->conn, 0, NULL); /* on_close frees the slot before this returns */
+    else if (sl->state == SLOT_FRESH) {
+      sl->state = SLOT_READY;
       busy = true;
     }
-    if (H.slot[i] == SLOT_FREE && H.dialing) {
-      H.slot[i] = SLOT_DIALING;
-      H.conn[i] = dial(H.srv, BENCH_ALPN, (void *)(uintptr_t)i);
+    if (sl->state == SLOT_FREE && H.dialing) {
+      sl->state = SLOT_DIALING;
+      sl->conn = dial(H.srv, BENCH_ALPN, sl);
     }
   }
   cli_busy(busy);
@@ -551,13 +675,17 @@ static void hs_check(void) {
 
 static bool hs_all_free(void) {
   for (size_t i = 0; i < HS_INFLIGHT; i++)
-    if (H.slot[i] != SLOT_FREE)
+    if (H.slot[i].state != SLOT_FREE)
       return false;
   return true;
 }
 
+static double run_seconds(void) {
+  return seconds_opt > 0 ? seconds_opt : quick ? 0.5 : 3.0;
+}
+
 static double bench_handshakes(bool retry) {
-  double seconds = quick ? 0.5 : 3.0, warmup = quick ? 0.1 : 0.3;
+  double seconds = run_seconds(), warmup = quick ? 0.1 : 0.3;
   struct server srv;
   struct srv_opts so = {.retry = retry};
   server_start(&srv, &so);
@@ -570,23 +698,26 @@ static double bench_handshakes(bool retry) {
   run_until(NULL, warmup);
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = now_s();
+  struct cpu c0 = cpu_now();
   uint64_t opened0 = H.opened, failed0 = H.failed;
   run_until(NULL, seconds);
   server_ask(&srv, 'S', &r1);
-  double wall = now_s() - t0, ccpu = cpu_s() - c0;
+  double wall = now_s() - t0;
+  struct cpu ccpu = cpu_since(c0);
   uint64_t done = r1.stats.handshakes - r0.stats.handshakes;
   uint64_t failed = r1.stats.handshakes_failed - r0.stats.handshakes_failed;
   H.dialing = false;
   run_until(hs_all_free, 10);
   fprintf(stderr,
-          "bench_transport: handshakes%s: server completed %llu (failed %llu, retries sent %llu), client "
-          "opened %llu (failed %llu%s%s)\n",
+          "bench_transport: handshakes%s: server completed %llu (failed %llu, retries sent %llu, datagrams "
+          "dropped %llu), client opened %llu (failed %llu%s%s)\n",
           retry ? " with retry" : "", (unsigned long long)done, (unsigned long long)failed,
           (unsigned long long)(r1.stats.retries_sent - r0.stats.retries_sent),
+          (unsigned long long)(r1.stats.pkts_dropped - r0.stats.pkts_dropped),
           (unsigned long long)(H.opened - opened0), (unsigned long long)(H.failed - failed0),
           H.failed ? ": " : "", H.last_failure);
-  report_cpu("handshakes", wall, r1.cpu_s - r0.cpu_s, ccpu);
+  report_cpu("handshakes", wall, &r0, &r1, ccpu);
   client_stop();
   server_stop(&srv, NULL);
   return done > 0 ? (double)done / wall : NAN;
@@ -645,9 +776,9 @@ static bool unary_enough(void) {
 }
 
 static double bench_unary_pipelined(void) {
-  double seconds = quick ? 0.5 : 3.0, warmup = quick ? 0.1 : 0.3;
+  double seconds = run_seconds(), warmup = quick ? 0.1 : 0.3;
   struct server srv;
-  struct srv_opts so = {0};
+  struct srv_opts so = {.many_streams = true};
   server_start(&srv, &so);
   memset(&U, 0, sizeof(U));
   struct cli_hooks hooks = {.on_check = unary_check};
@@ -660,17 +791,19 @@ static double bench_unary_pipelined(void) {
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
   uint64_t done0 = U.completed;
-  double t0 = now_s(), c0 = cpu_s();
+  double t0 = now_s();
+  struct cpu c0 = cpu_now();
   run_until(NULL, seconds);
   uint64_t done = U.completed - done0;
-  double wall = now_s() - t0, ccpu = cpu_s() - c0;
+  double wall = now_s() - t0;
+  struct cpu ccpu = cpu_since(c0);
   server_ask(&srv, 'S', &r1);
   U.issuing = false;
   run_until(unary_idle, 10);
   if (U.errors)
-    fprintf(stderr, "bench_transport: unary: %llu calls failed (last code %d)\n", (unsigned long long)U.errors,
-            U.last_code);
-  report_cpu("unary pipelined", wall, r1.cpu_s - r0.cpu_s, ccpu);
+    fprintf(stderr, "bench_transport: unary: %llu calls failed (last code %d)\n",
+            (unsigned long long)U.errors, U.last_code);
+  report_cpu("unary pipelined", wall, &r0, &r1, ccpu);
   client_stop();
   server_stop(&srv, NULL);
   return done > 0 && U.errors == 0 ? (double)done / wall : NAN;
@@ -684,7 +817,7 @@ static int cmp_double(const void *a, const void *b) {
 static void bench_latency(double *p50, double *p99) {
   size_t n = quick ? 500 : 5000;
   struct server srv;
-  struct srv_opts so = {0};
+  struct srv_opts so = {.many_streams = true};
   server_start(&srv, &so);
   memset(&U, 0, sizeof(U));
   struct cli_hooks hooks = {.on_check = unary_check};
@@ -706,7 +839,8 @@ static void bench_latency(double *p50, double *p99) {
     qsort(U.lat_us, U.lat_n, sizeof(double), cmp_double);
     *p50 = U.lat_us[U.lat_n / 2];
     *p99 = U.lat_us[(size_t)ceil((double)U.lat_n * 0.99) - 1];
-    fprintf(stderr, "bench_transport: latency: %zu calls, min %.1f us, p50 %.1f, p90 %.1f, p99 %.1f, max %.1f\n",
+    fprintf(stderr,
+            "bench_transport: latency: %zu calls, min %.1f us, p50 %.1f, p90 %.1f, p99 %.1f, max %.1f\n",
             U.lat_n, U.lat_us[0], *p50, U.lat_us[U.lat_n * 9 / 10], *p99, U.lat_us[U.lat_n - 1]);
   } else {
     fprintf(stderr, "bench_transport: latency: %zu of %zu calls, %llu failed\n", U.lat_n, n,
@@ -731,7 +865,7 @@ static struct {
   uint8_t reply[8];
 } B;
 
-static uint8_t chunk[BULK_CHUNK > ECHO_MSG ? BULK_CHUNK : ECHO_MSG];
+static uint8_t chunk[CHUNK_BYTES];
 
 static void bulk_pump(void) {
   for (;;) {
@@ -772,32 +906,61 @@ static bool bulk_done(void) {
   return B.done;
 }
 
-static double bench_bulk(void) {
-  struct server srv;
-  struct srv_opts so = {.big_windows = true, .raw = RAW_SINK};
-  server_start(&srv, &so);
+/* One stream of total bytes (or what max_s allows); MB/s, or NAN. */
+static double bulk_run(struct fy_qconn *conn, uint64_t total, double max_s) {
   memset(&B, 0, sizeof(B));
-  struct cli_hooks hooks = {.on_data = bulk_data, .on_writable = bulk_writable};
-  client_start(&hooks, true);
-  B.conn = dial_open(&srv, BENCH_ALPN);
-  if (fy_qconn_open_stream(B.conn, &B.sid, NULL) < 0)
+  B.conn = conn;
+  if (fy_qconn_open_stream(conn, &B.sid, NULL) < 0)
     die("bulk: cannot open a stream");
-  B.total = (quick ? 32 : 512) * MIB;
-  B.max_s = quick ? 5 : 20;
+  B.total = total;
+  B.max_s = max_s;
+  B.start = now_s();
+  bulk_pump();
+  bool ok = run_until(bulk_done, max_s + 10);
+  double wall = now_s() - B.start;
+  if (!ok || B.server_count != B.written) {
+    fprintf(stderr, "bench_transport: bulk: %llu of %llu bytes written, server counted %llu\n",
+            (unsigned long long)B.written, (unsigned long long)total, (unsigned long long)B.server_count);
+    return NAN;
+  }
+  return (double)B.server_count / wall / 1e6;
+}
+
+/* Streams run one after another on one connection; the median counts. */
+static double bench_bulk(bool big_windows) {
+  struct server srv;
+  struct srv_opts so = {.big_windows = big_windows, .raw = RAW_SINK};
+  server_start(&srv, &so);
+  struct cli_hooks hooks = {.on_data = bulk_data, .on_writable = bulk_writable};
+  client_start(&hooks, big_windows);
+  struct fy_qconn *conn = dial_open(&srv, BENCH_ALPN);
+  enum { RUNS_MAX = 3 };
+  int runs = quick ? 1 : RUNS_MAX;
+  uint64_t total = (quick ? 32 : 512) * MIB;
+  double rate[RUNS_MAX], result = NAN;
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
-  B.start = now_s();
-  double c0 = cpu_s();
-  bulk_pump();
-  bool ok = run_until(bulk_done, B.max_s + 10);
-  double wall = now_s() - B.start, ccpu = cpu_s() - c0;
+  double t0 = now_s();
+  struct cpu c0 = cpu_now();
+  unsigned long long drops0 = udp_rcvbuf_errors();
+  for (int i = 0; i < runs; i++) {
+    rate[i] = bulk_run(conn, total, quick ? 5 : 10);
+    fprintf(stderr, "bench_transport: bulk stream %d: %.1f MB/s\n", i + 1, rate[i]);
+    if (isnan(rate[i]))
+      break;
+    if (i == runs - 1) {
+      qsort(rate, (size_t)runs, sizeof(double), cmp_double);
+      result = rate[runs / 2];
+    }
+  }
+  struct cpu ccpu = cpu_since(c0);
   server_ask(&srv, 'S', &r1);
-  fprintf(stderr, "bench_transport: bulk: %llu of %llu bytes written, server counted %llu\n",
-          (unsigned long long)B.written, (unsigned long long)B.total, (unsigned long long)B.server_count);
-  report_cpu("bulk", wall, r1.cpu_s - r0.cpu_s, ccpu);
+  report_cpu("bulk", now_s() - t0, &r0, &r1, ccpu);
+  fprintf(stderr, "bench_transport: bulk: %llu datagrams dropped by full receive buffers (system-wide)\n",
+          udp_rcvbuf_errors() - drops0);
   client_stop();
   server_stop(&srv, NULL);
-  return ok && B.server_count == B.written ? (double)B.server_count / wall / 1e6 : NAN;
+  return result;
 }
 
 /* ==== rpc.framing_overhead_pct ============================================ */
@@ -805,15 +968,16 @@ static double bench_bulk(void) {
 static struct {
   bool rpc;
   struct fy_qconn *conn;
-  int64_t sid;                /* raw */
-  struct fy_rpc_ccall *call;  /* rpc */
+  int64_t sid;               /* raw */
+  struct fy_rpc_ccall *call; /* rpc */
   uint64_t total, sent, received;
   bool ended, done, failed;
 } E;
 
 static void echo_pump(void) {
   while (!E.ended && E.sent < E.total && E.sent - E.received < ECHO_WINDOW) {
-    int64_t rc = E.rpc ? fy_rpc_send(E.call, chunk, ECHO_MSG) : fy_qconn_write(E.conn, E.sid, chunk, ECHO_MSG, false);
+    int64_t rc =
+        E.rpc ? fy_rpc_send(E.call, chunk, ECHO_MSG) : fy_qconn_write(E.conn, E.sid, chunk, ECHO_MSG, false);
     if (rc < 0)
       die("echo: send failed (%lld)", (long long)rc);
     E.sent += ECHO_MSG;
@@ -893,22 +1057,27 @@ static double bench_framing(void) {
   struct cli_hooks hooks = {.on_data = echo_raw_data};
   client_start(&hooks, true);
   struct fy_qconn *raw = dial_open(&srv, BENCH_ALPN), *rpc = dial_open(&srv, FY_RPC_ALPN);
-  uint64_t total = (quick ? 16 : 128) * MIB;
-  int rounds = quick ? 1 : 3;
-  double best_raw = 0, best_rpc = 0;
-  for (int i = 0; i < rounds; i++) { /* alternate, keep each side's best: less noise */
+  uint64_t total = (quick ? 16 : 64) * MIB;
+  /* Raw and RPC runs alternate; each round's pair ran back to back, so its
+   * ratio is little affected by the machine's drifts. The median ratio wins. */
+  enum { ROUNDS_MAX = 5 };
+  int rounds = quick ? 1 : ROUNDS_MAX;
+  double ratio[ROUNDS_MAX];
+  double result = NAN;
+  for (int i = 0; i < rounds; i++) {
     double a = echo_run(raw, false, total), b = echo_run(rpc, true, total);
     fprintf(stderr, "bench_transport: echo round %d: raw %.1f MB/s, rpc %.1f MB/s\n", i + 1, a, b);
-    if (isnan(a) || isnan(b)) {
-      best_raw = best_rpc = NAN;
+    if (isnan(a) || isnan(b))
       break;
+    ratio[i] = a / b;
+    if (i == rounds - 1) {
+      qsort(ratio, (size_t)rounds, sizeof(double), cmp_double);
+      result = (ratio[rounds / 2] - 1) * 100;
     }
-    best_raw = a > best_raw ? a : best_raw;
-    best_rpc = b > best_rpc ? b : best_rpc;
   }
   client_stop();
   server_stop(&srv, NULL);
-  return (best_raw / best_rpc - 1) * 100;
+  return result;
 }
 
 /* ==== quic.idle_conn_memory_kib =========================================== */
@@ -977,7 +1146,12 @@ static double bench_idle_memory(void) {
             "bench_transport: idle: %zu connections: server heap +%.0f KiB (%.1f KiB each), RSS +%.0f KiB "
             "(%.1f KiB each)\n",
             I.want, ((double)r1.heap_bytes - (double)r0.heap_bytes) / 1024, per,
-            (double)r1.rss_kib - (double)r0.rss_kib, ((double)r1.rss_kib - (double)r0.rss_kib) / (double)I.want);
+            (double)r1.rss_kib - (double)r0.rss_kib,
+            ((double)r1.rss_kib - (double)r0.rss_kib) / (double)I.want);
+    if (r1.heap_bytes == 0) { /* a sanitizer's allocator: malloc's own counters stay at zero */
+      per = ((double)r1.rss_kib - (double)r0.rss_kib) / (double)I.want;
+      fprintf(stderr, "bench_transport: idle: mallinfo2 counts nothing here; reporting the RSS growth\n");
+    }
   } else {
     fprintf(stderr, "bench_transport: idle: %zu of %zu open, server has %llu\n", I.opened, I.want,
             (unsigned long long)r1.stats.conns_open);
@@ -1005,8 +1179,10 @@ int main(int argc, char **argv) {
       quick = true;
     else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
       only = argv[++i];
+    else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+      seconds_opt = strtod(argv[++i], NULL);
     else {
-      fprintf(stderr, "usage: bench_transport [--quick] [--only SUBSTRING]\n");
+      fprintf(stderr, "usage: bench_transport [--quick] [--only SUBSTRING] [--seconds S]\n");
       return 2;
     }
   }
@@ -1014,7 +1190,9 @@ int main(int argc, char **argv) {
   struct fy_err err = {0};
   if (fy_crypto_init(&err) < 0 || fy_key_generate(&skey, &err) < 0 || fy_key_generate(&ckey, &err) < 0)
     die("keys: %s", err.msg);
-  if (two_cpus())
+  warn_if_busy();
+  pinning = two_cpus();
+  if (pinning)
     pin_cpu(CLIENT_CPU);
   else
     fprintf(stderr, "bench_transport: CPUs %d and %d are not both available: not pinning\n", SERVER_CPU,
@@ -1046,7 +1224,7 @@ int main(int argc, char **argv) {
     emit(lat[1], p99, "us", 1000, 1);
   }
   if (wanted(only, bulk))
-    emit(bulk[0], bench_bulk(), "MB/s", 500, 1);
+    emit(bulk[0], bench_bulk(true), "MB/s", 500, 1);
   if (wanted(only, framing))
     emit(framing[0], bench_framing(), "%", 5, 1);
   if (wanted(only, idle))

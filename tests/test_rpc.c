@@ -452,6 +452,29 @@ static void thousand_concurrent_calls(void **state) {
   assert_int_equal(W->last.code, FY_RPC_OK);
 }
 
+/* The stream limit bounds calls in flight, not a connection's lifetime. */
+static void more_calls_than_the_stream_limit_over_time(void **state) {
+  (void)state;
+  start_world(0, false);
+  struct fy_err err = {0};
+  for (int round = 1; round <= 3; round++) {
+    for (uint32_t i = 0; i < 1000; i++) {
+      int rc;
+      /* At the limit, wait for the peer to grant more streams (MAX_STREAMS). */
+      for (int spins = 0; (rc = fy_rpc_unary(W->crpc, W->conn, "test.echo", (const uint8_t *)&i, 4, 0, &cb,
+                                             NULL, &err)) == FY_ELIMIT &&
+                          spins < 10000;
+           spins++)
+        uv_run(&W->loop, UV_RUN_ONCE);
+      if (rc != 0)
+        fail_msg("round %d call %u: %s", round, i, err.msg);
+    }
+    wait_statuses(1000 * round, 20000);
+  }
+  assert_int_equal(W->msgs_seen, 3000);
+  assert_int_equal(W->last.code, FY_RPC_OK);
+}
+
 static void lossy_reordering_path(void **state) {
   (void)state;
   start_world(0, true);
@@ -645,6 +668,7 @@ int main(void) {
       cmocka_unit_test_teardown(cancel_reaches_server, stop_world),
       cmocka_unit_test_teardown(oversized_frame_refused, stop_world),
       cmocka_unit_test_teardown(thousand_concurrent_calls, stop_world),
+      cmocka_unit_test_teardown(more_calls_than_the_stream_limit_over_time, stop_world),
       cmocka_unit_test_teardown(lossy_reordering_path, stop_world),
       cmocka_unit_test_teardown(peer_vanishes_mid_call, stop_world),
       cmocka_unit_test_teardown(two_processes_every_shape, stop_world),

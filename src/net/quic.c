@@ -596,15 +596,26 @@ static void conn_arm_timer(struct fy_qconn *c) {
   uv_timer_start(&c->timer, on_conn_timer, delay_ms, 0);
 }
 
-static void on_flush(uv_prepare_t *p) {
-  struct fy_quic *q = p->data;
+static void flush_all(struct fy_quic *q) {
   while (q->flush_head) {
     struct fy_qconn *c = q->flush_head;
     q->flush_head = c->flush_next;
     c->write_pending = false;
     conn_write(c);
   }
+}
+
+static void on_flush(uv_prepare_t *p) {
+  struct fy_quic *q = p->data;
+  flush_all(q);
   uv_prepare_stop(&q->flush);
+}
+
+/* Answer each receive batch before reading the next: with one flush per loop
+ * iteration, replies to a burst waited for the whole burst and both sides of
+ * a busy connection fell into step, each idle half the time. */
+static void on_batch_end(void *user) {
+  flush_all(user);
 }
 
 static void conn_schedule_flush(struct fy_qconn *c) {
@@ -743,7 +754,6 @@ static int acked_cb(ngtcp2_conn *conn, int64_t sid, uint64_t offset, uint64_t le
 
 static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid, uint64_t app_code, void *user,
                            void *stream_user) {
-  (void)conn;
   (void)flags;
   (void)app_code;
   (void)stream_user;
@@ -753,6 +763,12 @@ static int stream_close_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid, uint6
     c->handler->on_stream_close(c, sid, c->handler->user);
   if (s)
     stream_free(c, s);
+  /* max_streams_bidi bounds concurrent streams, not a connection's lifetime:
+   * each stream the peer opened and that is now gone lets it open another. */
+  if (ngtcp2_conn_is_local_stream(conn, sid) == 0 && (sid & 0x2) == 0) {
+    ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+    conn_schedule_flush(c);
+  }
   return 0;
 }
 
@@ -1206,6 +1222,8 @@ int fy_quic_new(struct fy_quic **out, uv_loop_t *loop, const struct fy_quic_conf
   }
   if (rc == 0)
     rc = fy_udp_open(&q->udp, loop, cfg->listen, on_datagram, q, err);
+  if (rc == 0)
+    fy_udp_on_batch_end(&q->udp, on_batch_end);
   if (rc < 0) {
     if (q->have_server_tls)
       fy_tls_ctx_free(&q->tls_server);

@@ -27,7 +27,9 @@ const char *fy_tls_refusal_name(enum fy_tls_refusal r) {
 static int refuse(struct fy_tls_peer *peer, enum fy_tls_refusal r, const char *why) {
   if (peer && peer->refusal == FY_TLS_OK) {
     peer->refusal = r;
-    snprintf(peer->why, sizeof(peer->why), "%s", why);
+    /* A reason longer than the buffer is cut (the return value says so; fine). */
+    if (snprintf(peer->why, sizeof(peer->why), "%s", why) < 0)
+      peer->why[0] = '\0';
   }
   return 0;
 }

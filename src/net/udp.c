@@ -304,6 +304,11 @@ static void on_readable(uv_poll_t *h, int status, int events) {
       if (u->closing)
         return; /* the callback closed us: no callback after fy_udp_close */
     }
+    if (u->batch_end && got > 0) {
+      u->batch_end(u->user);
+      if (u->closing)
+        return;
+    }
     budget -= (unsigned)got;
     if ((unsigned)got < want)
       return; /* drained */
@@ -647,4 +652,8 @@ int fy_udp_send(struct fy_udp *u, const struct sockaddr *remote, socklen_t remot
     return 0;
   }
   return rc;
+}
+
+void fy_udp_on_batch_end(struct fy_udp *u, void (*fn)(void *user)) {
+  u->batch_end = fn;
 }

@@ -113,10 +113,16 @@ struct fy_udp {
   int sndbuf;
   fy_udp_recv_cb cb;
   void *user;
+  void (*batch_end)(void *user); /* optional: after each recvmmsg batch was delivered */
   void (*closed)(struct fy_udp *u);
   struct fy_udp_rx *rx; /* one allocation: receive buffers, addresses, control space, headers */
   struct fy_udp_stats stats;
 };
+
+/* Calls fn(user) after every batch of received datagrams has been handed to
+ * the receive callback: the moment to answer them all at once, before the
+ * next batch, so replies to a burst do not wait for the whole burst. */
+void fy_udp_on_batch_end(struct fy_udp *u, void (*fn)(void *user));
 
 /* Parses "host:port" with a numeric host: "0.0.0.0:0", "127.0.0.1:4433",
  * "[::]:4433", "[::1]:0", "[fe80::1%eth0]:4433". IPv6 needs its brackets, the
