@@ -87,6 +87,7 @@ static const struct fy_quic_handler server_handlers[] = {
 };
 
 static bool anonymous_client;
+static const char *listen_addr = "127.0.0.1:0";
 static uint64_t idle_ms, keepalive_ms;
 
 static void make_side(struct side *s, bool server, const char *alpn, uint32_t retry_above, uint64_t hs_ms) {
@@ -98,7 +99,7 @@ static void make_side(struct side *s, bool server, const char *alpn, uint32_t re
   h->user = s;
   struct fy_quic_config cfg = {
       .key = !server && anonymous_client ? NULL : &s->key,
-      .listen = "127.0.0.1:0",
+      .listen = listen_addr,
       .handlers = h,
       .nhandlers = 1,
       .accept = server,
@@ -200,6 +201,23 @@ static void handshake_and_echo(void **state) {
   assert_true(fy_nodeid_equal(&W->server.peer_seen, &W->client.key.id));
   assert_int_equal(W->client.got_len, 5);
   assert_int_equal(W->client.got[0], 3);
+}
+
+/* The same over IPv6 loopback, and from a dual-stack socket. */
+static void handshake_and_echo_ipv6(void **state) {
+  (void)state;
+  listen_addr = "[::1]:0";
+  make_side(&W->server, true, ALPN, UINT32_MAX, 0);
+  listen_addr = "[::]:0";
+  make_side(&W->client, false, ALPN, 0, 0);
+  listen_addr = "127.0.0.1:0";
+  W->server.echo = true;
+  W->send_len = 5000;
+  dial(&W->server.key.id);
+  run_until(client_got_fin, 5000);
+  assert_false(W->timed_out);
+  assert_int_equal(W->client.got_len, 5000);
+  assert_true(fy_nodeid_equal(&W->server.peer_seen, &W->client.key.id));
 }
 
 static void bulk_echo_keeps_every_byte(void **state) {
@@ -407,6 +425,7 @@ static void garbage_and_unknown_versions_leave_connections_working(void **state)
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(handshake_and_echo, setup, teardown),
+      cmocka_unit_test_setup_teardown(handshake_and_echo_ipv6, setup, teardown),
       cmocka_unit_test_setup_teardown(bulk_echo_keeps_every_byte, setup, teardown),
       cmocka_unit_test_setup_teardown(wrong_expected_key_fails, setup, teardown),
       cmocka_unit_test_setup_teardown(unknown_alpn_fails, setup, teardown),
