@@ -64,11 +64,6 @@
 #define BIG_STREAM_WINDOW ((uint64_t)16 * 1024 * 1024)
 #define BIG_CONN_WINDOW ((uint64_t)32 * 1024 * 1024)
 #define MIB ((uint64_t)1024 * 1024)
-/* The endpoint never raises the peer's stream limit (no MAX_STREAMS: nothing
- * calls ngtcp2_conn_extend_max_streams_bidi), so a connection carries at most
- * max_streams_bidi calls in its whole life. The call benchmarks make that
- * limit large enough for every call they make; see docs/benchmarks.md. */
-#define MANY_STREAMS ((uint64_t)1 << 32)
 
 static bool quick;
 static double seconds_opt; /* --seconds: the timed figures' run, e.g. longer under valgrind */
@@ -211,7 +206,6 @@ struct srv_opts {
   bool retry;        /* Retry before every handshake (else retry_never) */
   bool big_windows;  /* BIG_STREAM_WINDOW / BIG_CONN_WINDOW instead of the defaults */
   enum raw_mode raw; /* what the BENCH_ALPN handler does with stream data */
-  bool many_streams; /* max_streams_bidi = MANY_STREAMS (see there) */
 };
 
 /* What the server tells us when asked ('S'), and when told to quit ('Q'). */
@@ -368,7 +362,6 @@ __attribute__((noreturn)) static void server_main(void) {
       .retry_above_per_sec = 0, /* with retry_never false: a Retry before every handshake */
       .stream_window = S.opts.big_windows ? BIG_STREAM_WINDOW : 0,
       .conn_window = S.opts.big_windows ? BIG_CONN_WINDOW : 0,
-      .max_streams_bidi = S.opts.many_streams ? MANY_STREAMS : 0,
   };
   if (fy_quic_new(&S.q, &loop, &cfg, &err) < 0)
     die("server: %s", err.msg);
@@ -778,7 +771,7 @@ static bool unary_enough(void) {
 static double bench_unary_pipelined(void) {
   double seconds = run_seconds(), warmup = quick ? 0.1 : 0.3;
   struct server srv;
-  struct srv_opts so = {.many_streams = true};
+  struct srv_opts so = {0};
   server_start(&srv, &so);
   memset(&U, 0, sizeof(U));
   struct cli_hooks hooks = {.on_check = unary_check};
@@ -817,7 +810,7 @@ static int cmp_double(const void *a, const void *b) {
 static void bench_latency(double *p50, double *p99) {
   size_t n = quick ? 500 : 5000;
   struct server srv;
-  struct srv_opts so = {.many_streams = true};
+  struct srv_opts so = {0};
   server_start(&srv, &so);
   memset(&U, 0, sizeof(U));
   struct cli_hooks hooks = {.on_check = unary_check};
