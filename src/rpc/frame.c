@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/cleanup.h"
+#include "base/mpshape.h"
 
 /* A reader keeps a body buffer this large between frames; larger ones are
  * freed once their frame has been handed out. */
@@ -320,169 +321,17 @@ static const char *where_str(const struct where *w, char *out, size_t size) {
   return out;
 }
 
-static uint64_t be(const uint8_t *p, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; i++)
-    v = v << 8 | p[i];
-  return v;
+/* Names a position for the shape check's messages, as fy_frame_parse does. */
+static const char *shape_where(const struct fy_mpshape_pos *pos, char *out, size_t size, void *user) {
+  (void)user;
+  struct where w = {.type = pos->first_fixint, .field = pos->field, .in_field = pos->in_field};
+  return where_str(&w, out, size);
 }
 
-/* Bounds check before msgpack-c sees a body. msgpack-c allocates
- * count * sizeof(msgpack_object) for an array or map as soon as it reads the
- * header, before any element arrives: a 5-byte body `dd ff ff ff ff` would
- * make it ask for 96 GiB. So this walks the body reading only type bytes and
- * lengths (it decodes no values; that stays msgpack-c's job) and checks that
- * the body is exactly one value, nested at most FY_RPC_MAX_DEPTH deep, whose
- * arrays and maps hold at most FY_RPC_MAX_ELEMENTS elements together. */
+/* Bounds check before msgpack-c sees a body (see base/mpshape.h). */
 static int check_shape(const uint8_t *p, size_t len, struct fy_err *err) {
-  size_t left[FY_RPC_MAX_DEPTH]; /* elements still to come in each open container */
-  size_t top_count = 0;          /* elements of the top-level array */
-  size_t depth = 0, off = 0, elements = 0;
-  bool top_is_array = false;
-  struct where w = {0};
-  char at[64];
-  do {
-    if (depth >= 1 && top_is_array) {
-      w.in_field = true;
-      w.field = top_count - left[0];
-    }
-    if (off >= len)
-      return fy_err_set(err, FY_EINVAL, "%s: msgpack value truncated at offset %zu",
-                        where_str(&w, at, sizeof(at)), off);
-    uint8_t b = p[off];
-    size_t hdr = 1, count = 0, lenbytes = 0, fixed = 0;
-    bool container = false, is_map = false;
-    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
-      /* fixint, nil, bool */
-    } else if (b <= 0x8f) {
-      container = is_map = true;
-      count = b & 0x0f;
-    } else if (b <= 0x9f) {
-      container = true;
-      count = b & 0x0f;
-    } else if (b <= 0xbf) {
-      fixed = b & 0x1f; /* fixstr */
-    } else {
-      switch (b) {
-      case 0xc4: /* bin 8, 16, 32 */
-      case 0xd9: /* str 8, 16, 32 */
-        lenbytes = 1;
-        break;
-      case 0xc5:
-      case 0xda:
-        lenbytes = 2;
-        break;
-      case 0xc6:
-      case 0xdb:
-        lenbytes = 4;
-        break;
-      case 0xc7: /* ext 8, 16, 32: length, then a type byte */
-        lenbytes = 1, fixed = 1;
-        break;
-      case 0xc8:
-        lenbytes = 2, fixed = 1;
-        break;
-      case 0xc9:
-        lenbytes = 4, fixed = 1;
-        break;
-      case 0xca: /* float 32, 64 */
-        fixed = 4;
-        break;
-      case 0xcb:
-        fixed = 8;
-        break;
-      case 0xcc: /* uint and int 8, 16, 32, 64 */
-      case 0xd0:
-        fixed = 1;
-        break;
-      case 0xcd:
-      case 0xd1:
-        fixed = 2;
-        break;
-      case 0xce:
-      case 0xd2:
-        fixed = 4;
-        break;
-      case 0xcf:
-      case 0xd3:
-        fixed = 8;
-        break;
-      case 0xd4: /* fixext 1, 2, 4, 8, 16: a type byte and the data */
-        fixed = 2;
-        break;
-      case 0xd5:
-        fixed = 3;
-        break;
-      case 0xd6:
-        fixed = 5;
-        break;
-      case 0xd7:
-        fixed = 9;
-        break;
-      case 0xd8:
-        fixed = 17;
-        break;
-      case 0xdc: /* array 16, 32 */
-        container = true, hdr = 3;
-        break;
-      case 0xdd:
-        container = true, hdr = 5;
-        break;
-      case 0xde: /* map 16, 32 */
-        container = is_map = true, hdr = 3;
-        break;
-      case 0xdf:
-        container = is_map = true, hdr = 5;
-        break;
-      default: /* 0xc1 */
-        return fy_err_set(err, FY_EINVAL, "%s: byte 0x%02x at offset %zu is not msgpack",
-                          where_str(&w, at, sizeof(at)), b, off);
-      }
-    }
-    if (container) {
-      if (len - off < hdr)
-        return fy_err_set(err, FY_EINVAL, "%s: msgpack value truncated at offset %zu",
-                          where_str(&w, at, sizeof(at)), off);
-      if (hdr > 1)
-        count = be(p + off + 1, hdr - 1);
-      if (is_map)
-        count *= 2;
-      if (depth == FY_RPC_MAX_DEPTH)
-        return fy_err_set(err, FY_EINVAL, "%s: msgpack nested deeper than %d levels",
-                          where_str(&w, at, sizeof(at)), FY_RPC_MAX_DEPTH);
-      if (count > FY_RPC_MAX_ELEMENTS - elements)
-        return fy_err_set(err, FY_EINVAL, "%s: more than %d array and map elements in one frame",
-                          where_str(&w, at, sizeof(at)), FY_RPC_MAX_ELEMENTS);
-      elements += count;
-      off += hdr;
-      if (count > 0) {
-        if (depth == 0) {
-          top_count = count;
-          top_is_array = !is_map;
-        }
-        left[depth++] = count;
-        continue;
-      }
-    } else {
-      hdr += lenbytes;
-      if (len - off < hdr)
-        return fy_err_set(err, FY_EINVAL, "%s: msgpack value truncated at offset %zu",
-                          where_str(&w, at, sizeof(at)), off);
-      size_t size = fixed + (size_t)be(p + off + 1, lenbytes);
-      if (size > len - off - hdr)
-        return fy_err_set(err, FY_EINVAL, "%s: msgpack value truncated at offset %zu",
-                          where_str(&w, at, sizeof(at)), off);
-      if (depth == 1 && top_is_array && w.field == 0 && b <= 0x7f)
-        w.type = b; /* the frame type, to name later fields */
-      off += hdr + size;
-    }
-    /* A value is complete: close the containers it completes. */
-    while (depth > 0 && --left[depth - 1] == 0)
-      depth--;
-  } while (depth > 0);
-  if (off < len)
-    return fy_err_set(err, FY_EINVAL, "RPC frame: %zu bytes after the msgpack array", len - off);
-  return 0;
+  return fy_mpshape_check(p, len, FY_RPC_MAX_DEPTH, FY_RPC_MAX_ELEMENTS, "frame", shape_where, NULL,
+                          err);
 }
 
 static const char *kind(const msgpack_object *o) {
