@@ -10,7 +10,7 @@ static uint64_t be(const uint8_t *p, size_t n) {
 }
 
 int fy_mpshape_check(const uint8_t *p, size_t len, size_t max_depth, size_t max_elements, const char *unit,
-                     fy_mpshape_name_fn name, void *user, struct fy_err *err) {
+                     fy_mpshape_name_fn name, const void *user, struct fy_err *err) {
   if (max_depth > FY_MPSHAPE_DEPTH_MAX)
     max_depth = FY_MPSHAPE_DEPTH_MAX;
   size_t left[FY_MPSHAPE_DEPTH_MAX]; /* elements still to come in each open container */

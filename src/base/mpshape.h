@@ -27,11 +27,11 @@ struct fy_mpshape_pos {
 
 /* Names a position for error messages ("CALL frame: method"). */
 typedef const char *(*fy_mpshape_name_fn)(const struct fy_mpshape_pos *pos, char *out, size_t size,
-                                          void *user);
+                                          const void *user);
 
 /* 0, or FY_EINVAL with a message that starts with name(position) and names
  * the offset. unit names the whole in the element-count message ("frame"). */
 int fy_mpshape_check(const uint8_t *p, size_t len, size_t max_depth, size_t max_elements, const char *unit,
-                     fy_mpshape_name_fn name, void *user, struct fy_err *err);
+                     fy_mpshape_name_fn name, const void *user, struct fy_err *err);
 
 #endif

@@ -322,7 +322,7 @@ static const char *where_str(const struct where *w, char *out, size_t size) {
 }
 
 /* Names a position for the shape check's messages, as fy_frame_parse does. */
-static const char *shape_where(const struct fy_mpshape_pos *pos, char *out, size_t size, void *user) {
+static const char *shape_where(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
   (void)user;
   struct where w = {.type = pos->first_fixint, .field = pos->field, .in_field = pos->in_field};
   return where_str(&w, out, size);
@@ -330,8 +330,7 @@ static const char *shape_where(const struct fy_mpshape_pos *pos, char *out, size
 
 /* Bounds check before msgpack-c sees a body (see base/mpshape.h). */
 static int check_shape(const uint8_t *p, size_t len, struct fy_err *err) {
-  return fy_mpshape_check(p, len, FY_RPC_MAX_DEPTH, FY_RPC_MAX_ELEMENTS, "frame", shape_where, NULL,
-                          err);
+  return fy_mpshape_check(p, len, FY_RPC_MAX_DEPTH, FY_RPC_MAX_ELEMENTS, "frame", shape_where, NULL, err);
 }
 
 static const char *kind(const msgpack_object *o) {
