@@ -92,7 +92,7 @@ struct run {
   atomic_bool stop;
   atomic_bool counting;
   atomic_ullong count;
-  struct fy_outbox *ob;
+  struct fy_outbox *ob = NULL;
   /* sqlite */
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -303,7 +303,7 @@ static void fill_and_keep_writing(const char *dir, int ready_fd) {
   alarm(CHILD_LIMIT_S);
   const struct fy_store_schema *schemas[] = {&fy_outbox_schema};
   struct fy_store *store;
-  struct fy_outbox *ob;
+  struct fy_outbox *ob = NULL;
   struct fy_err err;
   if (fy_store_open(&store, dir, schemas, 1, NULL, &err) != 0 || fy_outbox_open(&ob, store, NULL, &err) != 0)
     die("child open", err.msg);
@@ -327,7 +327,7 @@ static double reopen_ms(const char *dir, struct fy_store_info *info, uint64_t *t
   double start = now_s();
   const struct fy_store_schema *schemas[] = {&fy_outbox_schema};
   struct fy_store *store;
-  struct fy_outbox *ob;
+  struct fy_outbox *ob = NULL;
   struct fy_err err;
   if (fy_store_open(&store, dir, schemas, 1, NULL, &err) != 0 || fy_outbox_open(&ob, store, NULL, &err) != 0)
     die("reopen", err.msg);
