@@ -92,7 +92,7 @@ struct run {
   atomic_bool stop;
   atomic_bool counting;
   atomic_ullong count;
-  struct fy_outbox *ob = NULL;
+  struct fy_outbox *ob;
   /* sqlite */
   pthread_mutex_t mu;
   pthread_cond_t cv;
