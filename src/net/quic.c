@@ -101,6 +101,8 @@ struct fy_quic {
   uint32_t hs_in_window;
   uint64_t reset_window_start;
   uint32_t resets_in_window;
+  uint64_t reset_check_window_start;
+  uint32_t reset_checks_in_window;
   struct fy_quic_stats stats;
   bool shutting_down;
   int open_handles; /* udp + flush + every connection's timer */
@@ -1065,6 +1067,32 @@ static void send_stateless_reset(struct fy_quic *q, const struct fy_udp_pkt *pkt
   }
 }
 
+/* A stateless reset carries no CID of ours: a peer that lost a connection
+ * (it crashed and restarted, say) answers our packets with a datagram that
+ * ends in the reset token it gave us for the CID we sent to (RFC 9000
+ * 10.3.1). So a short-header datagram for no CID we know may be one: find
+ * the connection that holds its last 16 bytes as a token, and let ngtcp2
+ * verify it there. Rate-limited like our own resets, since it looks at
+ * every connection. */
+static struct fy_qconn *reset_target(struct fy_quic *q, const struct fy_udp_pkt *pkt) {
+  if (pkt->len < NGTCP2_MIN_STATELESS_RESET_RANDLEN + NGTCP2_STATELESS_RESET_TOKENLEN ||
+      !allow_per_second(&q->reset_check_window_start, &q->reset_checks_in_window, RESETS_PER_SEC))
+    return NULL;
+  const uint8_t *token = pkt->data + pkt->len - NGTCP2_STATELESS_RESET_TOKENLEN;
+  for (struct fy_qconn *c = q->conns; c; c = c->next) {
+    ngtcp2_cid_token dcids[8];
+    if (c->state >= CONN_CLOSING || !c->conn ||
+        ngtcp2_conn_get_active_dcid(c->conn, NULL) > sizeof(dcids) / sizeof(dcids[0]))
+      continue;
+    size_t n = ngtcp2_conn_get_active_dcid(c->conn, dcids);
+    for (size_t i = 0; i < n; i++)
+      if (dcids[i].token_present &&
+          sodium_memcmp(dcids[i].token, token, NGTCP2_STATELESS_RESET_TOKENLEN) == 0)
+        return c;
+  }
+  return NULL;
+}
+
 static void send_retry(struct fy_quic *q, const struct fy_udp_pkt *pkt, const ngtcp2_pkt_hd *hd) {
   ngtcp2_cid retry_scid;
   make_cid(&retry_scid);
@@ -1165,7 +1193,10 @@ static void on_datagram(void *user, const struct fy_udp_pkt *pkt) {
     return;
   }
   if (vc.version == 0) { /* short header: a connection we do not know */
-    send_stateless_reset(q, pkt, vc.dcid, vc.dcidlen);
+    if ((c = reset_target(q, pkt)))
+      conn_read(c, pkt); /* ngtcp2 checks the token and drains the connection */
+    else
+      send_stateless_reset(q, pkt, vc.dcid, vc.dcidlen);
     return;
   }
   if (q->cfg.accept)
@@ -1210,7 +1241,16 @@ int fy_quic_new(struct fy_quic **out, uv_loop_t *loop, const struct fy_quic_conf
   }
   q->cfg.handlers = q->handlers;
   apply_defaults(&q->cfg);
-  randombytes_buf(q->secret, sizeof(q->secret));
+  /* The stateless reset (and retry token) secret is derived from the node
+   * key, so it survives a restart: a node that crashed and came back answers
+   * its peers' packets for the lost connections with resets they accept,
+   * and they reconnect at once instead of waiting out the idle timeout
+   * (RFC 9000 10.3.2: a static key). Only a keyless dialer draws one. */
+  static const char label[] = "ferry quic endpoint secret v1";
+  if (!cfg->key || !cfg->key->sk ||
+      crypto_generichash(q->secret, sizeof(q->secret), (const uint8_t *)label, sizeof(label) - 1,
+                         cfg->key->sk, crypto_sign_SEEDBYTES) != 0)
+    randombytes_buf(q->secret, sizeof(q->secret));
   crypto_shorthash_keygen(q->cid_hash_key);
   const char *alpns[FY_TLS_ALPNS_MAX];
   for (size_t i = 0; i < cfg->nhandlers; i++)

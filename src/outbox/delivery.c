@@ -21,6 +21,7 @@ struct lane {
   enum lane_state state;
   struct fy_rpc_ccall *call;
   uint64_t last_sent; /* the highest seq sent on this call */
+  uint64_t acked;     /* the highest seq the receiver acknowledged: applied durably */
   uint64_t *ring;     /* seqs sent and not yet acknowledged, oldest first */
   size_t ring_head, ring_len, ring_cap;
   uint64_t due_at; /* ms: do not start before (a message waits for its retry) */
@@ -183,6 +184,8 @@ static void lane_on_msg(struct fy_rpc_ccall *call, const uint8_t *p, size_t len,
   if (n == 0)
     return;
   l->d->stats.acked += n;
+  if (up_to > l->acked)
+    l->acked = up_to;
   /* Deleting goes through the committer; the receiver has the messages durably. */
   if (fy_outbox_ack_async(l->d->cfg.outbox, &l->dest, l->topic, up_to, ignore_result, NULL, &err) < 0)
     lane_log(l, FY_LOG_WARN, "delivery.ack_failed", err.msg);
@@ -215,7 +218,12 @@ static void lane_on_status(struct fy_rpc_ccall *call, const struct fy_rpc_result
   }
   l->ring_len = 0;
   l->ring_head = 0;
-  l->last_sent = 0;
+  /* The next call starts after what the receiver acknowledged (its deletion
+   * may still be on its way through the committer), unless the receiver said
+   * the order broke: then from the oldest message. */
+  if (res->code == FY_RPC_FAILED_PRECONDITION)
+    l->acked = 0;
+  l->last_sent = l->acked;
   if (d && !d->closing)
     schedule_kick(d); /* more may have been queued meanwhile */
 }
@@ -257,7 +265,7 @@ static void lane_ready(struct fy_qconn *c, const struct fy_qclose *failure, void
     return;
   }
   l->state = LANE_STREAMING;
-  l->last_sent = 0;
+  l->last_sent = l->acked;
   d->stats.lanes_started++;
   lane_fill(l);
 }

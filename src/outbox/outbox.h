@@ -33,7 +33,8 @@
  * one stream; when the receiver has applied up to N, fy_outbox_ack(N)
  * deletes 1..N; when a send fails, fy_outbox_fail pushes the message's next
  * attempt back (jittered exponential backoff) and the queue waits for it.
- * After any refusal or reconnect, start again with after_seq 0.
+ * After a refusal of order (FAILED_PRECONDITION) start again with after_seq 0;
+ * after any other refusal or a reconnect, after the last acknowledged seq.
  *
  * Times are milliseconds since the Unix epoch (they must survive restarts);
  * the clock can be replaced for tests. */
