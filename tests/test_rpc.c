@@ -516,6 +516,8 @@ static void peer_vanishes_mid_call(void **state) {
 
 /* The server side in a child process of its own: its own loop, key and
  * endpoint. It writes its port to `fd` and serves until killed. */
+static const char *child_listen = "127.0.0.1:0";
+
 static void serve_in_child(int fd, const uint8_t seed[32]) {
   W = calloc(1, sizeof(*W)); /* the methods note what they see here */
   uv_loop_t loop;
@@ -530,7 +532,7 @@ static void serve_in_child(int fd, const uint8_t seed[32]) {
     _exit(2);
   struct fy_quic_handler h = fy_rpc_quic_handler(rpc);
   struct fy_quic_config cfg = {
-      .key = &key, .listen = "127.0.0.1:0", .handlers = &h, .nhandlers = 1, .accept = true};
+      .key = &key, .listen = child_listen, .handlers = &h, .nhandlers = 1, .accept = true};
   if (fy_quic_new(&q, &loop, &cfg, &err) < 0)
     _exit(3);
   struct sockaddr_storage addr;
@@ -542,6 +544,21 @@ static void serve_in_child(int fd, const uint8_t seed[32]) {
   close(fd);
   uv_run(&loop, UV_RUN_DEFAULT);
   _exit(0);
+}
+
+static pid_t spawn_server(const uint8_t seed[32], uint16_t *port) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    serve_in_child(fds[1], seed);
+  }
+  close(fds[1]);
+  assert_int_equal(read(fds[0], port, sizeof(*port)), sizeof(*port));
+  close(fds[0]);
+  return pid;
 }
 
 static void note_conn_close(struct fy_qconn *c, const struct fy_qclose *why, void *user) {
@@ -561,18 +578,8 @@ static void two_processes_every_shape(void **state) {
   (void)state;
   uint8_t seed[32];
   randombytes_buf(seed, sizeof(seed));
-  int fds[2];
-  assert_int_equal(pipe(fds), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    serve_in_child(fds[1], seed);
-  }
-  close(fds[1]);
   uint16_t port = 0;
-  assert_int_equal(read(fds[0], &port, sizeof(port)), sizeof(port));
-  close(fds[0]);
+  pid_t pid = spawn_server(seed, &port);
 
   struct fy_err err = {0};
   assert_int_equal(fy_crypto_init(&err), 0);
@@ -657,6 +664,55 @@ static void two_processes_every_shape(void **state) {
   W->server = NULL;
 }
 
+/* A peer that crashes and comes back on the same address with the same key
+ * answers our packets for the lost connection with a stateless reset we
+ * accept: the dialer notices at once, not after the idle timeout. */
+static void restarted_peer_resets_old_connection(void **state) {
+  (void)state;
+  uint8_t seed[32];
+  randombytes_buf(seed, sizeof(seed));
+  uint16_t port = 0;
+  pid_t pid = spawn_server(seed, &port);
+
+  struct fy_err err = {0};
+  assert_int_equal(fy_crypto_init(&err), 0);
+  W = calloc(1, sizeof(*W));
+  uv_loop_init(&W->loop);
+  uv_timer_init(&W->loop, &W->deadline);
+  assert_int_equal(fy_key_generate(&W->ckey, &err), 0);
+  struct fy_key server_key = {0};
+  assert_int_equal(fy_key_from_seed(&server_key, seed, &err), 0);
+  struct fy_rpc_config ccfg = {0};
+  assert_int_equal(fy_rpc_new(&W->crpc, &W->loop, &ccfg, &err), 0);
+  fy_rpc_set_conn_observer(W->crpc, NULL, note_conn_close, NULL);
+  struct fy_quic_handler ch = fy_rpc_quic_handler(W->crpc);
+  /* Idle timeout 30 s; keep-alive pings give the restarted peer something to answer. */
+  struct fy_quic_config cfg = {
+      .key = &W->ckey, .listen = "127.0.0.1:0", .handlers = &ch, .nhandlers = 1, .keepalive_ms = 100};
+  assert_int_equal(fy_quic_new(&W->client, &W->loop, &cfg, &err), 0);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(fy_quic_dial(W->client, &server_key.id, (struct sockaddr *)&addr, sizeof(addr),
+                                FY_RPC_ALPN, NULL, &W->conn, &err),
+                   0);
+  assert_true(run_until(conn_open, 10000));
+
+  kill(pid, SIGKILL);
+  int status;
+  waitpid(pid, &status, 0);
+  char listen[32];
+  snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+  child_listen = listen;
+  pid = spawn_server(seed, &port);
+  child_listen = "127.0.0.1:0";
+
+  assert_true(run_until(conn_closed, 5000)); /* far below the 30 s idle timeout */
+  assert_int_equal(W->close_why.kind, FY_QCLOSE_RESET);
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  fy_key_free(&server_key);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(unary, stop_world),
@@ -672,6 +728,7 @@ int main(void) {
       cmocka_unit_test_teardown(lossy_reordering_path, stop_world),
       cmocka_unit_test_teardown(peer_vanishes_mid_call, stop_world),
       cmocka_unit_test_teardown(two_processes_every_shape, stop_world),
+      cmocka_unit_test_teardown(restarted_peer_resets_old_connection, stop_world),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
