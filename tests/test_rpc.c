@@ -574,6 +574,20 @@ static bool two_conns_closed(void) {
   return W->conns_closed > 1;
 }
 
+/* The dialing side of a two-process test: the world, a client key, and the
+ * server's key from its seed. */
+static void client_world(const uint8_t seed[32], struct fy_key *server_key) {
+  struct fy_err err = {0};
+  assert_int_equal(fy_crypto_init(&err), 0);
+  W = calloc(1, sizeof(*W));
+  uv_loop_init(&W->loop);
+  uv_timer_init(&W->loop, &W->deadline);
+  assert_int_equal(fy_key_generate(&W->ckey, &err), 0);
+  assert_int_equal(fy_key_from_seed(server_key, seed, &err), 0);
+  struct fy_rpc_config ccfg = {0};
+  assert_int_equal(fy_rpc_new(&W->crpc, &W->loop, &ccfg, &err), 0);
+}
+
 static void two_processes_every_shape(void **state) {
   (void)state;
   uint8_t seed[32];
@@ -582,15 +596,8 @@ static void two_processes_every_shape(void **state) {
   pid_t pid = spawn_server(seed, &port);
 
   struct fy_err err = {0};
-  assert_int_equal(fy_crypto_init(&err), 0);
-  W = calloc(1, sizeof(*W));
-  uv_loop_init(&W->loop);
-  uv_timer_init(&W->loop, &W->deadline);
-  assert_int_equal(fy_key_generate(&W->ckey, &err), 0);
   struct fy_key server_key = {0};
-  assert_int_equal(fy_key_from_seed(&server_key, seed, &err), 0);
-  struct fy_rpc_config ccfg = {0};
-  assert_int_equal(fy_rpc_new(&W->crpc, &W->loop, &ccfg, &err), 0);
+  client_world(seed, &server_key);
   struct fy_quic_handler ch = fy_rpc_quic_handler(W->crpc);
   struct fy_quic_config cfg = {.key = &W->ckey, .listen = "127.0.0.1:0", .handlers = &ch, .nhandlers = 1};
   assert_int_equal(fy_quic_new(&W->client, &W->loop, &cfg, &err), 0);
@@ -675,15 +682,8 @@ static void restarted_peer_resets_old_connection(void **state) {
   pid_t pid = spawn_server(seed, &port);
 
   struct fy_err err = {0};
-  assert_int_equal(fy_crypto_init(&err), 0);
-  W = calloc(1, sizeof(*W));
-  uv_loop_init(&W->loop);
-  uv_timer_init(&W->loop, &W->deadline);
-  assert_int_equal(fy_key_generate(&W->ckey, &err), 0);
   struct fy_key server_key = {0};
-  assert_int_equal(fy_key_from_seed(&server_key, seed, &err), 0);
-  struct fy_rpc_config ccfg = {0};
-  assert_int_equal(fy_rpc_new(&W->crpc, &W->loop, &ccfg, &err), 0);
+  client_world(seed, &server_key);
   fy_rpc_set_conn_observer(W->crpc, NULL, note_conn_close, NULL);
   struct fy_quic_handler ch = fy_rpc_quic_handler(W->crpc);
   /* Idle timeout 30 s; keep-alive pings give the restarted peer something to answer. */
