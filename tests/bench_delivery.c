@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "crypto/key.h"
 #include "net/connmgr.h"
 #include "net/quic.h"
@@ -78,35 +79,11 @@ static uint64_t nmsgs = MSGS_FULL;
 static size_t window_opt, batch_opt;
 static char rdir[256], sdir[256];
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-struct cpu {
-  double user, sys;
-};
-
-static struct cpu cpu_now(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (struct cpu){(double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
-                      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6};
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
 static void remove_dirs(void) {
   if (rdir[0])
-    nftw(rdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(rdir, bench_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
   if (sdir[0])
-    nftw(sdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(sdir, bench_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static bool in_receiver;
@@ -138,40 +115,11 @@ static void make_dir(char *out, size_t cap, const char *name) {
     die("mkdtemp %s: %s", out, strerror(errno));
 }
 
-static bool two_cpus(void) {
-  cpu_set_t set;
-  return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_ISSET(RECEIVER_CPU, &set) &&
-         CPU_ISSET(SENDER_CPU, &set);
-}
-
-static void pin_cpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (sched_setaffinity(0, sizeof(set), &set) != 0)
-    fprintf(stderr, "bench_delivery: cannot pin to CPU %d: %s\n", cpu, strerror(errno));
-}
-
-static bool read_full(int fd, void *buf, size_t len) {
-  uint8_t *p = buf;
-  while (len > 0) {
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    if (poll(&pfd, 1, REPLY_TIMEOUT_MS) <= 0)
-      return false;
-    ssize_t n = read(fd, p, len);
-    if (n <= 0)
-      return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
 /* ==== the receiver process ================================================= */
 
 /* What the receiver says when asked ('S'), and when told to quit ('Q'). */
 struct rcv_report {
-  struct cpu cpu;
+  struct bench_cpu cpu;
   uint64_t mark;    /* its watermark for (sender, TOPIC) */
   uint64_t handled; /* handler runs (a transaction that runs again counts again) */
   uint64_t refused; /* payloads out of order */
@@ -211,7 +159,7 @@ static void rcv_on_ctl(uv_poll_t *p, int status, int events) {
   if (status < 0 || read(R.ctl, &cmd, 1) != 1)
     _exit(0); /* the parent went away */
   struct rcv_report r = {
-      .cpu = cpu_now(), .handled = atomic_load(&R.handled), .refused = atomic_load(&R.refused)};
+      .cpu = bench_cpu_now(), .handled = atomic_load(&R.handled), .refused = atomic_load(&R.refused)};
   struct fy_inbox_mark mark;
   struct fy_err err = {0};
   if (fy_inbox_watermark(R.inbox, &skey.id, TOPIC, &mark, &err) == 1)
@@ -231,7 +179,7 @@ static void rcv_on_too_long(uv_timer_t *t) {
 __attribute__((noreturn)) static void receiver_main(bool pinning) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (pinning)
-    pin_cpu(RECEIVER_CPU); /* before the thread pool exists: its threads inherit it */
+    bench_pin_cpu("bench_delivery", RECEIVER_CPU); /* before the thread pool exists: its threads inherit it */
   uv_loop_t loop;
   uv_loop_init(&loop);
   struct fy_err err = {0};
@@ -304,13 +252,13 @@ static void receiver_start(struct receiver *rc, bool pinning) {
   receiver_pid = pid;
   rc->ctl = ctl[1];
   rc->rep = rep[0];
-  if (!read_full(rc->rep, &rc->addr_len, sizeof(rc->addr_len)) || rc->addr_len > sizeof(rc->addr) ||
-      !read_full(rc->rep, &rc->addr, rc->addr_len))
+  if (!bench_read_full(rc->rep, &rc->addr_len, sizeof(rc->addr_len), REPLY_TIMEOUT_MS) ||
+      rc->addr_len > sizeof(rc->addr) || !bench_read_full(rc->rep, &rc->addr, rc->addr_len, REPLY_TIMEOUT_MS))
     die("the receiver did not start");
 }
 
 static bool receiver_ask(struct receiver *rc, char cmd, struct rcv_report *r) {
-  return write(rc->ctl, &cmd, 1) == 1 && read_full(rc->rep, r, sizeof(*r));
+  return write(rc->ctl, &cmd, 1) == 1 && bench_read_full(rc->rep, r, sizeof(*r), REPLY_TIMEOUT_MS);
 }
 
 static void receiver_stop(struct receiver *rc) {
@@ -397,7 +345,7 @@ static void on_deadline(uv_timer_t *t) {
 
 static void on_poll(uv_timer_t *t) {
   if (snd_pending() == 0) {
-    S.drained_at = now_s();
+    S.drained_at = bench_now_s();
     S.drained = true;
     uv_timer_stop(t);
   }
@@ -484,9 +432,9 @@ static double bench_e2e(bool pinning) {
   S.rc = &rc;
   sender_open();
 
-  double t0 = now_s();
+  double t0 = bench_now_s();
   snd_enqueue_all();
-  double enq = now_s() - t0;
+  double enq = bench_now_s() - t0;
   fprintf(stderr, "bench_delivery: queued %" PRIu64 " messages of %d bytes in %.2f s (before the clock)\n",
           nmsgs, PAYLOAD, enq);
 
@@ -502,16 +450,16 @@ static double bench_e2e(bool pinning) {
   struct rcv_report r0, r1;
   if (!receiver_ask(&rc, 'S', &r0))
     die("the receiver does not answer");
-  struct cpu c0 = cpu_now();
-  double start = now_s();
+  struct bench_cpu c0 = bench_cpu_now();
+  double start = bench_now_s();
   struct fy_delivery_config dcfg = {
       .outbox = S.outbox, .connmgr = S.cm, .rpc = S.rpc, .resolve = snd_resolve, .window = window_opt};
   if (fy_delivery_new(&S.dl, &S.loop, &dcfg, &err) < 0)
     die("sender: delivery: %s", err.msg);
   uv_timer_start(&S.poll, on_poll, 1, 1);
   bool ok = run_until(&S.drained, DEADLINE_S);
-  double elapsed = (ok ? S.drained_at : now_s()) - start;
-  struct cpu c1 = cpu_now();
+  double elapsed = (ok ? S.drained_at : bench_now_s()) - start;
+  struct bench_cpu c1 = bench_cpu_now();
   fy_outbox_counters(S.outbox, &oc1);
   if (!receiver_ask(&rc, 'S', &r1))
     die("the receiver does not answer");
@@ -582,9 +530,9 @@ int main(int argc, char **argv) {
   struct fy_err err = {0};
   if (fy_crypto_init(&err) < 0 || fy_key_generate(&rkey, &err) < 0 || fy_key_generate(&skey, &err) < 0)
     die("keys: %s", err.msg);
-  bool pinning = two_cpus();
+  bool pinning = bench_has_cpus(RECEIVER_CPU, SENDER_CPU);
   if (pinning)
-    pin_cpu(SENDER_CPU);
+    bench_pin_cpu("bench_delivery", SENDER_CPU);
   else
     fprintf(stderr, "bench_delivery: CPUs %d and %d are not both available: not pinning\n", RECEIVER_CPU,
             SENDER_CPU);

@@ -12,17 +12,12 @@
 #include <time.h>
 
 #include "base/buf.h"
+#include "bench_util.h"
 #include "rpc/frame.h"
 
 #define PAYLOAD 64
 #define BATCH 256
 #define RUNS 5
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Encodes and decodes one batch; returns a checksum so nothing is optimised away. */
 static size_t round_trip(struct fy_buf *stream, struct fy_frame_reader *r, const uint8_t *payload) {
@@ -71,12 +66,12 @@ int main(int argc, char **argv) {
   double best = 0;
   for (int run = 0; run < RUNS; run++) {
     size_t frames = 0;
-    double start = now_s(), elapsed;
+    double start = bench_now_s(), elapsed;
     do {
       for (int i = 0; i < 64; i++)
         sink += round_trip(&stream, &r, payload);
       frames += (size_t)64 * BATCH;
-      elapsed = now_s() - start;
+      elapsed = bench_now_s() - start;
     } while (elapsed < seconds);
     double rate = (double)frames / elapsed;
     fprintf(stderr, "bench_frame: run %d: %zu frames in %.3f s = %.0f frames/s\n", run + 1, frames, elapsed,

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "outbox/outbox.h"
 #include "store/store.h"
 
@@ -44,22 +45,9 @@
 #define RESTART_DESTS 1000
 #define CHILD_LIMIT_S 120 /* the child stops itself (alarm) if nobody kills it */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void die(const char *what, const char *msg) {
   fprintf(stderr, "bench_outbox: %s: %s\n", what, msg);
   exit(1);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
 }
 
 static void make_dir(char *out, size_t cap, const char *name) {
@@ -70,7 +58,7 @@ static void make_dir(char *out, size_t cap, const char *name) {
 }
 
 static void remove_dir(const char *dir) {
-  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  nftw(dir, bench_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static struct fy_nodeid node(uint32_t n) {
@@ -132,10 +120,10 @@ static double timed_run(struct run *run, void *(*fn)(void *), int producers, dou
   usleep(500000); /* warm up: the map grows, the page cache fills */
   atomic_store(&run->count, 0);
   atomic_store(&run->counting, true);
-  double start = now_s();
+  double start = bench_now_s();
   usleep((useconds_t)(seconds * 1e6));
   atomic_store(&run->counting, false);
-  double elapsed = now_s() - start;
+  double elapsed = bench_now_s() - start;
   unsigned long long n = atomic_load(&run->count);
   atomic_store(&run->stop, true);
   for (int i = 0; i < producers; i++)
@@ -324,7 +312,7 @@ static void fill_and_keep_writing(const char *dir, int ready_fd) {
 /* Opens the store and outbox and reads the first batch of one queue: the
  * milliseconds that took. With info: also what the store holds. */
 static double reopen_ms(const char *dir, struct fy_store_info *info, uint64_t *total, int *queues) {
-  double start = now_s();
+  double start = bench_now_s();
   const struct fy_store_schema *schemas[] = {&fy_outbox_schema};
   struct fy_store *store;
   struct fy_outbox *ob = NULL;
@@ -336,7 +324,7 @@ static double reopen_ms(const char *dir, struct fy_store_info *info, uint64_t *t
   struct fy_outbox_batch b;
   if (fy_outbox_next_batch(ob, &q, &b, &err) != 0)
     die("next_batch", err.msg);
-  double ms = (now_s() - start) * 1000;
+  double ms = (bench_now_s() - start) * 1000;
   if (b.n == 0)
     die("restart", "no message after the restart");
   fy_outbox_batch_free(&b);
@@ -359,7 +347,7 @@ static double bench_restart(void) {
   int pfd[2];
   if (pipe(pfd) != 0)
     die("pipe", strerror(errno));
-  double fill_start = now_s();
+  double fill_start = bench_now_s();
   pid_t pid = fork();
   if (pid < 0)
     die("fork", strerror(errno));
@@ -375,7 +363,7 @@ static double bench_restart(void) {
     waitpid(pid, NULL, 0);
     die("restart", "the child died before queueing a million messages");
   }
-  double filled = now_s() - fill_start;
+  double filled = bench_now_s() - fill_start;
   usleep(200000); /* it is in the middle of more batches now */
   kill(pid, SIGKILL);
   int status;

@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "base/buf.h"
+#include "bench_util.h"
 #include "crypto/key.h"
 #include "net/quic.h"
 #include "rpc/rpc.h"
@@ -70,27 +71,9 @@ static double seconds_opt; /* --seconds: the timed figures' run, e.g. longer und
 static int exit_code;
 static struct fy_key skey, ckey;
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* CPU time of this process, user and system. */
-struct cpu {
-  double user, sys;
-};
-
-static struct cpu cpu_now(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (struct cpu){(double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
-                      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6};
-}
-
-static struct cpu cpu_since(struct cpu start) {
-  struct cpu now = cpu_now();
-  return (struct cpu){now.user - start.user, now.sys - start.sys};
+static struct bench_cpu cpu_since(struct bench_cpu start) {
+  struct bench_cpu now = bench_cpu_now();
+  return (struct bench_cpu){now.user - start.user, now.sys - start.sys};
 }
 
 __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...) {
@@ -121,20 +104,6 @@ static void emit(const char *name, double value, const char *unit, double goal, 
 }
 
 static bool pinning; /* CPUs SERVER_CPU and CLIENT_CPU were both ours at start */
-
-static bool two_cpus(void) {
-  cpu_set_t set;
-  return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_ISSET(SERVER_CPU, &set) &&
-         CPU_ISSET(CLIENT_CPU, &set);
-}
-
-static void pin_cpu(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (sched_setaffinity(0, sizeof(set), &set) != 0)
-    fprintf(stderr, "bench_transport: cannot pin to CPU %d: %s\n", cpu, strerror(errno));
-}
 
 /* CPU cpu's busy and total ticks so far, from /proc/stat. */
 static bool cpu_ticks(int cpu, unsigned long long *busy, unsigned long long *total) {
@@ -211,8 +180,8 @@ struct srv_opts {
 /* What the server tells us when asked ('S'), and when told to quit ('Q'). */
 struct srv_report {
   struct fy_quic_stats stats;
-  struct cpu cpu;      /* CPU time of the server process */
-  uint64_t heap_bytes; /* mallinfo2().uordblks: bytes in use from malloc */
+  struct bench_cpu cpu; /* CPU time of the server process */
+  uint64_t heap_bytes;  /* mallinfo2().uordblks: bytes in use from malloc */
   uint64_t rss_kib;
 };
 
@@ -304,7 +273,7 @@ static void srv_raw_stream_close(struct fy_qconn *c, int64_t sid, void *user) {
 static void srv_report_fill(struct srv_report *r) {
   memset(r, 0, sizeof(*r));
   fy_quic_get_stats(S.q, &r->stats);
-  r->cpu = cpu_now();
+  r->cpu = bench_cpu_now();
   struct mallinfo2 mi = mallinfo2();
   r->heap_bytes = mi.uordblks;
   FILE *f = fopen("/proc/self/statm", "r");
@@ -340,7 +309,7 @@ static void srv_on_too_long(uv_timer_t *t) {
 __attribute__((noreturn)) static void server_main(void) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (pinning)
-    pin_cpu(SERVER_CPU);
+    bench_pin_cpu("bench_transport", SERVER_CPU);
   uv_loop_t loop;
   uv_loop_init(&loop);
   struct fy_err err = {0};
@@ -381,21 +350,6 @@ __attribute__((noreturn)) static void server_main(void) {
   _exit(0);
 }
 
-static bool read_full(int fd, void *buf, size_t len) {
-  uint8_t *p = buf;
-  while (len > 0) {
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    if (poll(&pfd, 1, REPLY_TIMEOUT_MS) <= 0)
-      return false;
-    ssize_t n = read(fd, p, len);
-    if (n <= 0)
-      return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
 static void server_start(struct server *srv, const struct srv_opts *opts) {
   int ctl[2], rep[2];
   if (pipe2(ctl, O_CLOEXEC) != 0 || pipe2(rep, O_CLOEXEC) != 0)
@@ -418,13 +372,14 @@ static void server_start(struct server *srv, const struct srv_opts *opts) {
   srv->pid = pid;
   srv->ctl = ctl[1];
   srv->rep = rep[0];
-  if (!read_full(srv->rep, &srv->addr_len, sizeof(srv->addr_len)) || srv->addr_len > sizeof(srv->addr) ||
-      !read_full(srv->rep, &srv->addr, srv->addr_len))
+  if (!bench_read_full(srv->rep, &srv->addr_len, sizeof(srv->addr_len), REPLY_TIMEOUT_MS) ||
+      srv->addr_len > sizeof(srv->addr) ||
+      !bench_read_full(srv->rep, &srv->addr, srv->addr_len, REPLY_TIMEOUT_MS))
     die("the server did not start");
 }
 
 static void server_ask(struct server *srv, char cmd, struct srv_report *r) {
-  if (write(srv->ctl, &cmd, 1) != 1 || !read_full(srv->rep, r, sizeof(*r)))
+  if (write(srv->ctl, &cmd, 1) != 1 || !bench_read_full(srv->rep, r, sizeof(*r), REPLY_TIMEOUT_MS))
     die("the server does not answer");
 }
 
@@ -601,7 +556,7 @@ static struct fy_qconn *dial_open(const struct server *srv, const char *alpn) {
 
 /* How busy both sides were: the side near 100% is the bottleneck. */
 static void report_cpu(const char *what, double wall, const struct srv_report *r0,
-                       const struct srv_report *r1, struct cpu client) {
+                       const struct srv_report *r1, struct bench_cpu client) {
   double su = r1->cpu.user - r0->cpu.user, ss = r1->cpu.sys - r0->cpu.sys;
   fprintf(stderr,
           "bench_transport: %s: %.3f s, server CPU %.0f%% (user %.0f%%, sys %.0f%%), client CPU %.0f%% (user "
@@ -691,13 +646,13 @@ static double bench_handshakes(bool retry) {
   run_until(NULL, warmup);
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
-  double t0 = now_s();
-  struct cpu c0 = cpu_now();
+  double t0 = bench_now_s();
+  struct bench_cpu c0 = bench_cpu_now();
   uint64_t opened0 = H.opened, failed0 = H.failed;
   run_until(NULL, seconds);
   server_ask(&srv, 'S', &r1);
-  double wall = now_s() - t0;
-  struct cpu ccpu = cpu_since(c0);
+  double wall = bench_now_s() - t0;
+  struct bench_cpu ccpu = cpu_since(c0);
   uint64_t done = r1.stats.handshakes - r0.stats.handshakes;
   uint64_t failed = r1.stats.handshakes_failed - r0.stats.handshakes_failed;
   H.dialing = false;
@@ -784,12 +739,12 @@ static double bench_unary_pipelined(void) {
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
   uint64_t done0 = U.completed;
-  double t0 = now_s();
-  struct cpu c0 = cpu_now();
+  double t0 = bench_now_s();
+  struct bench_cpu c0 = bench_cpu_now();
   run_until(NULL, seconds);
   uint64_t done = U.completed - done0;
-  double wall = now_s() - t0;
-  struct cpu ccpu = cpu_since(c0);
+  double wall = bench_now_s() - t0;
+  struct bench_cpu ccpu = cpu_since(c0);
   server_ask(&srv, 'S', &r1);
   U.issuing = false;
   run_until(unary_idle, 10);
@@ -865,7 +820,7 @@ static void bulk_pump(void) {
     if (B.fin_sent)
       return;
     uint64_t n = B.total - B.written < BULK_CHUNK ? B.total - B.written : BULK_CHUNK;
-    bool fin = B.written + n >= B.total || now_s() - B.start > B.max_s;
+    bool fin = B.written + n >= B.total || bench_now_s() - B.start > B.max_s;
     int64_t unacked = fy_qconn_write(B.conn, B.sid, chunk, (size_t)n, fin);
     if (unacked < 0)
       die("bulk write failed (%lld)", (long long)unacked);
@@ -907,10 +862,10 @@ static double bulk_run(struct fy_qconn *conn, uint64_t total, double max_s) {
     die("bulk: cannot open a stream");
   B.total = total;
   B.max_s = max_s;
-  B.start = now_s();
+  B.start = bench_now_s();
   bulk_pump();
   bool ok = run_until(bulk_done, max_s + 10);
-  double wall = now_s() - B.start;
+  double wall = bench_now_s() - B.start;
   if (!ok || B.server_count != B.written) {
     fprintf(stderr, "bench_transport: bulk: %llu of %llu bytes written, server counted %llu\n",
             (unsigned long long)B.written, (unsigned long long)total, (unsigned long long)B.server_count);
@@ -933,8 +888,8 @@ static double bench_bulk(bool big_windows) {
   double rate[RUNS_MAX], result = NAN;
   struct srv_report r0, r1;
   server_ask(&srv, 'S', &r0);
-  double t0 = now_s();
-  struct cpu c0 = cpu_now();
+  double t0 = bench_now_s();
+  struct bench_cpu c0 = bench_cpu_now();
   unsigned long long drops0 = udp_rcvbuf_errors();
   for (int i = 0; i < runs; i++) {
     rate[i] = bulk_run(conn, total, quick ? 5 : 10);
@@ -946,9 +901,9 @@ static double bench_bulk(bool big_windows) {
       result = rate[runs / 2];
     }
   }
-  struct cpu ccpu = cpu_since(c0);
+  struct bench_cpu ccpu = cpu_since(c0);
   server_ask(&srv, 'S', &r1);
-  report_cpu("bulk", now_s() - t0, &r0, &r1, ccpu);
+  report_cpu("bulk", bench_now_s() - t0, &r0, &r1, ccpu);
   fprintf(stderr, "bench_transport: bulk: %llu datagrams dropped by full receive buffers (system-wide)\n",
           udp_rcvbuf_errors() - drops0);
   client_stop();
@@ -1031,10 +986,10 @@ static double echo_run(struct fy_qconn *conn, bool rpc, uint64_t total) {
   } else if (fy_qconn_open_stream(conn, &E.sid, NULL) < 0) {
     die("echo: cannot open a stream");
   }
-  double start = now_s();
+  double start = bench_now_s();
   echo_pump();
   bool ok = run_until(echo_done, quick ? 10 : 30);
-  double wall = now_s() - start;
+  double wall = bench_now_s() - start;
   if (!ok || E.failed || E.received != total) {
     fprintf(stderr, "bench_transport: echo (%s): %llu of %llu bytes back\n", rpc ? "rpc" : "raw",
             (unsigned long long)E.received, (unsigned long long)total);
@@ -1184,15 +1139,15 @@ int main(int argc, char **argv) {
   if (fy_crypto_init(&err) < 0 || fy_key_generate(&skey, &err) < 0 || fy_key_generate(&ckey, &err) < 0)
     die("keys: %s", err.msg);
   warn_if_busy();
-  pinning = two_cpus();
+  pinning = bench_has_cpus(SERVER_CPU, CLIENT_CPU);
   if (pinning)
-    pin_cpu(CLIENT_CPU);
+    bench_pin_cpu("bench_transport", CLIENT_CPU);
   else
     fprintf(stderr, "bench_transport: CPUs %d and %d are not both available: not pinning\n", SERVER_CPU,
             CLIENT_CPU);
   for (int i = 0; i < 8; i++)
     memset(chunk + i * (sizeof(chunk) / 8), 'a' + i, sizeof(chunk) / 8);
-  double start = now_s();
+  double start = bench_now_s();
 
   static const char *const hs[] = {"quic.handshakes_per_sec", NULL};
   static const char *const hs_retry[] = {"quic.handshakes_per_sec_with_retry", NULL};
@@ -1222,7 +1177,7 @@ int main(int argc, char **argv) {
     emit(framing[0], bench_framing(), "%", 5, 1);
   if (wanted(only, idle))
     emit(idle[0], bench_idle_memory(), "KiB", 50, 1);
-  fprintf(stderr, "bench_transport: done in %.1f s\n", now_s() - start);
+  fprintf(stderr, "bench_transport: done in %.1f s\n", bench_now_s() - start);
   fy_key_free(&skey);
   fy_key_free(&ckey);
   return exit_code;

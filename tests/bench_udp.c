@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "net/udp.h"
 
 #define DGRAM 1200
@@ -27,12 +28,6 @@ static void on_pkt(void *user, const struct fy_udp_pkt *pkt) {
   struct counter *c = user;
   if (pkt->len == DGRAM)
     c->count++;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static void on_closed(struct fy_udp *u) {
@@ -77,8 +72,8 @@ int main(int argc, char **argv) {
     buf[i] = (uint8_t)i;
 
   size_t sent = 0, lost = 0, eagain = 0, last_rx = 0;
-  double start = now_s(), last_progress = start;
-  while (rx.count + lost < total && now_s() - start < 60) {
+  double start = bench_now_s(), last_progress = start;
+  while (rx.count + lost < total && bench_now_s() - start < 60) {
     while (sent < total && sent - rx.count - lost < WINDOW) {
       size_t n = total - sent;
       size_t room = WINDOW - (sent - rx.count - lost);
@@ -100,7 +95,7 @@ int main(int argc, char **argv) {
       }
     }
     uv_run(&loop, UV_RUN_NOWAIT);
-    double t = now_s();
+    double t = bench_now_s();
     if (rx.count != last_rx) {
       last_rx = rx.count;
       last_progress = t;
@@ -109,7 +104,7 @@ int main(int argc, char **argv) {
       last_progress = t;
     }
   }
-  double elapsed = now_s() - start;
+  double elapsed = bench_now_s() - start;
 
   const struct fy_udp_stats *st = fy_udp_stats(&b);
   double pps = (double)rx.count / elapsed;
