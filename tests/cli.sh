@@ -39,10 +39,9 @@ t_applet_help() {
   run 0 "$ferry" help agent && has "$out" "--data-dir"
 }
 t_unknown_flag() { run 2 "$ferry" agent --frobnicate && has "$err" "--frobnicate"; }
-t_not_built() {
-  for a in coordinator agent admin relay; do
-    run 69 "$ferry" "$a" && has "$err" "not built yet" || return 1
-  done
+t_not_built() { run 69 "$ferry" relay && has "$err" "not built yet"; }
+t_coordinator_needs_init() {
+  run 1 "$ferry" coordinator --data-dir "$tmp/nocoord" && has "$err" "ferry coordinator init"
 }
 t_version() {
   run 0 "$ferry" version && has "$out" "ferry 0." || return 1

@@ -630,7 +630,7 @@ static void bad_arguments(void **state) {
   assert_int_equal(fy_connmgr_get(W->cm, &W->skey.id, &W->saddr, 1, OTHER_ALPN, 0, on_ready, &r, &err),
                    FY_EUNSUPPORTED);
   assert_non_null(strstr(err.msg, OTHER_ALPN));
-  assert_int_equal(fy_connmgr_get(W->cm, &W->skey.id, NULL, 0, NULL, 0, on_ready, &r, &err), FY_EINVAL);
+  assert_int_equal(fy_connmgr_get(W->cm, &W->skey.id, NULL, 0, NULL, 0, on_ready, &r, &err), FY_ENOENT);
   assert_non_null(strstr(err.msg, "no address known"));
   struct sockaddr_storage many[FY_CONNMGR_ADDRS_MAX + 1];
   for (size_t i = 0; i < FY_ARRAY_LEN(many); i++)
@@ -651,6 +651,128 @@ static void bad_arguments(void **state) {
   assert_null(m);
 }
 
+/* The server side's manager learns the connections peers dialled to it and
+ * hands the newest live one out for a peer it has no address for. */
+struct seen {
+  int opens, closes;
+};
+static void scm_open(struct fy_qconn *c, void *user) {
+  struct seen *s = user;
+  s->opens++;
+  server_open(c, NULL); /* the manager took the observer slot the world used */
+}
+static void scm_close(struct fy_qconn *c, const struct fy_qclose *why, void *user) {
+  struct seen *s = user;
+  s->closes++;
+  server_close(c, why, NULL);
+}
+
+static bool server_opens_reach(const void *arg) {
+  return W->server_opens >= *(const int *)arg;
+}
+
+static void hands_out_inbound_connection(void **state) {
+  (void)state;
+  struct opts o = {0};
+  start_world(&o);
+  struct fy_err err = {0};
+  struct fy_connmgr *scm = NULL;
+  assert_int_equal(fy_connmgr_new(&scm, &W->loop, W->server, W->srpc, NULL, &err), 0);
+  struct seen seen = {0};
+  fy_connmgr_set_conn_observer(scm, scm_open, scm_close, &seen);
+
+  /* Nothing yet: no connection, no address. */
+  struct result r0 = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &r0, &err), FY_ENOENT);
+  assert_non_null(strstr(err.msg, "no address known"));
+
+  /* The client dials; the server's manager hands out the server's side. */
+  struct result a = {0};
+  get(&W->skey.id, &W->saddr, 1, 0, &a);
+  wait_result(&a, 5000);
+  assert_false(a.failed);
+  int one = 1;
+  assert_true(run_until(server_opens_reach, &one, 5000));
+  assert_int_equal(seen.opens, 1);
+  struct fy_connmgr_peer_status st;
+  assert_int_equal(fy_connmgr_status(scm, &W->ckey.id, NULL, &st), 0);
+  assert_true(st.inbound);
+  assert_int_equal(st.state, FY_CONNMGR_IDLE);
+  struct result b = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &b, &err), 0);
+  assert_int_equal(b.calls, 0); /* from the loop, as always */
+  wait_result(&b, 5000);
+  assert_false(b.failed);
+  assert_ptr_equal(b.conn, W->server_conn);
+  assert_false(fy_qconn_is_client(b.conn));
+  assert_true(fy_nodeid_equal(fy_qconn_peer(b.conn), &W->ckey.id));
+  expect_server_handshakes(1); /* and nothing was dialled back */
+
+  /* A second connection from the same peer: the newest wins, and the older
+   * one closing does not make the manager forget the newer. */
+  struct fy_qconn *second = NULL;
+  assert_int_equal(fy_quic_dial(W->client, &W->skey.id, (const struct sockaddr *)&W->saddr,
+                                sizeof(struct sockaddr_in), FY_RPC_ALPN, NULL, &second, &err),
+                   0);
+  int two = 2;
+  assert_true(run_until(server_opens_reach, &two, 5000));
+  struct fy_qconn *newest = W->server_conn;
+  assert_ptr_not_equal(newest, b.conn);
+  struct result c = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &c, &err), 0);
+  wait_result(&c, 5000);
+  assert_ptr_equal(c.conn, newest);
+  fy_qconn_close(a.conn, 0, "the older one");
+  while (seen.closes < 1)
+    uv_run(&W->loop, UV_RUN_ONCE);
+  struct result d = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &d, &err), 0);
+  wait_result(&d, 5000);
+  assert_ptr_equal(d.conn, newest);
+
+  /* The newest closes: forgotten, and with no address the get fails again. */
+  fy_qconn_close(second, 0, "the newer one");
+  while (seen.closes < 2)
+    uv_run(&W->loop, UV_RUN_ONCE);
+  assert_int_equal(fy_connmgr_status(scm, &W->ckey.id, NULL, &st), FY_ENOENT);
+  struct result e = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &e, &err), FY_ENOENT);
+
+  done_count = 0;
+  fy_connmgr_close(scm, freed, NULL);
+  while (done_count < 1)
+    uv_run(&W->loop, UV_RUN_ONCE);
+}
+
+/* A handed-out inbound connection that closes before ready() runs is
+ * reported as gone, not handed out dead. */
+static void inbound_closing_before_delivery_reports_the_close(void **state) {
+  (void)state;
+  struct opts o = {0};
+  start_world(&o);
+  struct fy_err err = {0};
+  struct fy_connmgr *scm = NULL;
+  assert_int_equal(fy_connmgr_new(&scm, &W->loop, W->server, W->srpc, NULL, &err), 0);
+  struct seen seen = {0};
+  fy_connmgr_set_conn_observer(scm, scm_open, scm_close, &seen);
+  struct result a = {0};
+  get(&W->skey.id, &W->saddr, 1, 0, &a);
+  wait_result(&a, 5000);
+  int one = 1;
+  assert_true(run_until(server_opens_reach, &one, 5000));
+  struct result b = {0};
+  assert_int_equal(fy_connmgr_get(scm, &W->ckey.id, NULL, 0, NULL, 0, on_ready, &b, &err), 0);
+  fy_qconn_close(W->server_conn, 0, "closing now");
+  wait_result(&b, 5000);
+  assert_true(b.failed);
+  assert_null(b.conn);
+  assert_non_null(strstr(b.failure.msg, "inbound"));
+  done_count = 0;
+  fy_connmgr_close(scm, freed, NULL);
+  while (done_count < 1)
+    uv_run(&W->loop, UV_RUN_ONCE);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(reuses_live_connection, stop_world),
@@ -667,6 +789,8 @@ int main(void) {
       cmocka_unit_test_teardown(backoff_grows_with_jitter, stop_world),
       cmocka_unit_test_teardown(kept_peer_survives_server_restart, stop_world),
       cmocka_unit_test_teardown(bad_arguments, stop_world),
+      cmocka_unit_test_teardown(hands_out_inbound_connection, stop_world),
+      cmocka_unit_test_teardown(inbound_closing_before_delivery_reports_the_close, stop_world),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,6 +49,7 @@ struct world {
   struct sockaddr_storage receiver_addr;
   socklen_t receiver_addr_len;
   bool receiver_up;
+  bool no_address; /* resolve knows nothing: the receiver sits behind NAT */
 };
 static struct world *W;
 static struct fy_log test_log; /* FERRY_TEST_LOG=1 shows what the nodes do */
@@ -80,13 +81,14 @@ static int apply(struct fy_txn *t, const struct fy_nodeid *sender, const char *t
 static size_t resolve(const struct fy_nodeid *dest, struct sockaddr_storage *addrs, size_t cap, void *user) {
   (void)dest;
   (void)user;
-  if (cap == 0)
+  if (cap == 0 || W->no_address)
     return 0;
   memcpy(&addrs[0], &W->receiver_addr, W->receiver_addr_len);
   return 1;
 }
 
-static void node_open(struct node *n, const char *name, bool receiving, bool sending, const char *listen) {
+static void node_open_accepting(struct node *n, const char *name, bool receiving, bool sending, bool accept,
+                                const char *listen) {
   struct fy_err err = {0};
   snprintf(n->dir, sizeof(n->dir), "%s/%s", W->root, name);
   const struct fy_store_schema *schemas[] = {&fy_outbox_schema, &fy_inbox_schema, &app_schema};
@@ -105,7 +107,7 @@ static void node_open(struct node *n, const char *name, bool receiving, bool sen
                                 .listen = listen,
                                 .handlers = &h,
                                 .nhandlers = 1,
-                                .accept = receiving,
+                                .accept = accept,
                                 .retry_never = true,
                                 .handshake_timeout_ms = 1000};
   if (fy_quic_new(&n->quic, &W->loop, &qcfg, &err) != 0)
@@ -121,6 +123,10 @@ static void node_open(struct node *n, const char *name, bool receiving, bool sen
                                       .log = logger()};
     assert_int_equal(fy_delivery_new(&n->dl, &W->loop, &dcfg, &err), 0);
   }
+}
+
+static void node_open(struct node *n, const char *name, bool receiving, bool sending, const char *listen) {
+  node_open_accepting(n, name, receiving, sending, receiving, listen);
 }
 
 static int pending_closes;
@@ -307,10 +313,62 @@ static void destination_offline_then_back(void **state) {
   assert_true(run_until(sender_drained, 10000));
 }
 
+static bool never(void) {
+  return false;
+}
+
+struct dialled {
+  int calls;
+  bool ok;
+};
+static void receiver_dialled(struct fy_qconn *c, const struct fy_qclose *failure, void *user) {
+  (void)c;
+  struct dialled *d = user;
+  d->calls++;
+  d->ok = failure == NULL;
+}
+
+/* The receiver cannot be dialled and the sender knows no address for it:
+ * messages wait until the receiver dials the sender, then flow over that
+ * connection. */
+static void delivers_over_inbound_connection(void **state) {
+  (void)state;
+  W->no_address = true;
+  node_open_accepting(&W->sender, "sender", false, true, true, "127.0.0.1:0");
+  node_open_accepting(&W->receiver, "receiver", true, false, false, "127.0.0.1:0");
+  W->receiver_up = true;
+  enqueue_range(1, 50);
+  assert_false(run_until(never, 300));
+  assert_int_equal(sender_pending(), 50);
+
+  struct sockaddr_storage sender_addr;
+  socklen_t len = sizeof(sender_addr);
+  assert_int_equal(fy_quic_local_addr(W->sender.quic, &sender_addr, &len), 0);
+  struct dialled d = {0};
+  struct fy_err err = {0};
+  assert_int_equal(
+      fy_connmgr_get(W->receiver.cm, &W->sender.key.id, &sender_addr, 1, NULL, 0, receiver_dialled, &d, &err),
+      0);
+  target = 50;
+  assert_true(run_until(all_applied, 10000));
+  assert_true(run_until(sender_drained, 10000));
+  assert_int_equal(d.calls, 1);
+  assert_true(d.ok);
+  /* The sender never dialled: it has no peer of its own for the receiver. */
+  struct fy_connmgr_peer_status st;
+  assert_int_equal(fy_connmgr_status(W->sender.cm, &W->receiver.key.id, NULL, &st), 0);
+  assert_true(st.inbound);
+  assert_int_equal(st.naddrs, 0);
+  struct fy_quic_stats qs;
+  fy_quic_get_stats(W->receiver.quic, &qs);
+  assert_int_equal(qs.handshakes, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(delivers_in_order_exactly_once, setup, teardown),
       cmocka_unit_test_setup_teardown(destination_offline_then_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(delivers_over_inbound_connection, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

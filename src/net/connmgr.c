@@ -58,6 +58,14 @@ struct peer {
   UT_hash_handle hh;
 };
 
+/* A live connection the peer dialled to us (keyed by its node id; the RPC
+ * observer only sees FY_RPC_ALPN connections, so the id is enough). */
+struct inbound {
+  struct fy_nodeid id;
+  struct fy_qconn *conn;
+  UT_hash_handle hh;
+};
+
 struct fy_connmgr {
   uv_loop_t *loop;
   struct fy_quic *quic;
@@ -66,6 +74,10 @@ struct fy_connmgr {
   unsigned char hash_key[crypto_shorthash_KEYBYTES];
   struct peer *peers;
   size_t npeers;
+  struct inbound *inbound; /* the newest open inbound connection per peer */
+  void (*obs_open)(struct fy_qconn *c, void *user);
+  void (*obs_close)(struct fy_qconn *c, const struct fy_qclose *why, void *user);
+  void *obs_user;
   struct waitq ready; /* resolved waiters, delivered from the idle handle */
   uv_idle_t idle;
   bool closing;      /* fy_connmgr_close was called */
@@ -176,6 +188,35 @@ static struct peer *peer_find(const struct fy_connmgr *m, const struct peer_key 
   struct peer *p = NULL;
   HASH_FIND_BYHASHVALUE(hh, m->peers, k, sizeof(*k), key_hash(m, k), p);
   return p;
+}
+
+/* Keyed: the ids are chosen by whoever dials us. */
+static unsigned id_hash(const struct fy_connmgr *m, const struct fy_nodeid *id) {
+  uint8_t h[crypto_shorthash_BYTES];
+  crypto_shorthash(h, id->key, sizeof(id->key), m->hash_key);
+  unsigned v;
+  memcpy(&v, h, sizeof(v));
+  return v;
+}
+
+static struct inbound *inbound_find(const struct fy_connmgr *m, const struct fy_nodeid *id) {
+  struct inbound *in = NULL;
+  HASH_FIND_BYHASHVALUE(hh, m->inbound, id, sizeof(*id), id_hash(m, id), in);
+  return in;
+}
+
+/* The live inbound connection from id, or NULL. */
+static struct fy_qconn *inbound_live(const struct fy_connmgr *m, const struct fy_nodeid *id) {
+  const struct inbound *in = inbound_find(m, id);
+  return in && fy_qconn_is_open(in->conn) ? in->conn : NULL;
+}
+
+static void inbound_free_all(struct fy_connmgr *m) {
+  while (m->inbound) {
+    struct inbound *e = m->inbound;
+    HASH_DEL(m->inbound, e); // NOLINT(clang-analyzer-unix.Malloc): uthash unlinks it before the free
+    free(e);
+  }
 }
 
 static void on_peer_timer(uv_timer_t *t);
@@ -375,35 +416,87 @@ static struct peer *peer_of_conn(struct fy_connmgr *m, struct fy_qconn *qc) {
   return p && p->conn == qc ? p : NULL;
 }
 
-static uint64_t obs_open(struct fy_qconn *qc, void *user) {
-  struct fy_connmgr *m = user;
-  struct peer *p = peer_of_conn(m, qc);
-  if (!p || p->state != FY_CONNMGR_DIALING)
-    return 0;
-  p->state = FY_CONNMGR_OPEN;
-  p->attempt_has_failure = false;
-  uv_timer_start(&p->timer, on_peer_timer, m->cfg.stable_ms, 0);
-  log_peer(p, FY_LOG_INFO, "connmgr.open", "addr", p->conn_addr, (const char *)NULL, NULL, NULL, NULL);
-  peer_resolve_all(p, qc, NULL);
-  return 0;
-}
-
-static void obs_close(struct fy_qconn *qc, const struct fy_qclose *why, void *user) {
-  struct fy_connmgr *m = user;
-  struct peer *p = peer_of_conn(m, qc);
-  if (!p)
-    return;
-  p->conn = NULL;
-  struct fy_qclose here;
-  failure_at(&here, why, p->conn_addr);
-  /* Waiters told about this connection and not yet called hear it is gone. */
+/* Waiters told about qc and not yet called hear it is gone. */
+static void ready_conn_gone(struct fy_connmgr *m, const struct fy_qconn *qc, const struct fy_qclose *why) {
   for (struct waiter *w = m->ready.head; w; w = w->next) {
     if (!w->failed && w->conn == qc) {
       w->conn = NULL;
       w->failed = true;
-      w->failure = here;
+      w->failure = *why;
     }
   }
+}
+
+/* A peer dialled us: the newest such connection is the one handed out. */
+static void inbound_open(struct fy_connmgr *m, struct fy_qconn *qc) {
+  const struct fy_nodeid *id = fy_qconn_peer(qc);
+  struct inbound *in = inbound_find(m, id);
+  if (!in) {
+    if (!(in = calloc(1, sizeof(*in))))
+      return; /* not fatal: the connection works, we just cannot hand it out */
+    in->id = *id;
+    HASH_ADD_BYHASHVALUE(hh, m->inbound, id, sizeof(in->id), id_hash(m, id), in);
+  }
+  in->conn = qc;
+  if (m->cfg.log) {
+    char hex[FY_NODEID_SHORT_LEN + 1];
+    fy_nodeid_to_short(id, hex);
+    fy_log_kv(m->cfg.log, FY_LOG_DEBUG, "connmgr.inbound_open", "peer", hex, (const char *)NULL);
+  }
+}
+
+static void inbound_close(struct fy_connmgr *m, struct fy_qconn *qc, const struct fy_qclose *why) {
+  struct inbound *in = inbound_find(m, fy_qconn_peer(qc));
+  if (!in || in->conn != qc)
+    return; /* an older one, already replaced */
+  HASH_DEL(m->inbound, in);
+  free(in);
+  struct fy_qclose here;
+  failure_at(&here, why, "inbound");
+  ready_conn_gone(m, qc, &here);
+}
+
+static uint64_t obs_open(struct fy_qconn *qc, void *user) {
+  struct fy_connmgr *m = user;
+  if (!fy_qconn_is_client(qc)) {
+    inbound_open(m, qc);
+  } else {
+    struct peer *p = peer_of_conn(m, qc);
+    if (p && p->state == FY_CONNMGR_DIALING) {
+      p->state = FY_CONNMGR_OPEN;
+      p->attempt_has_failure = false;
+      uv_timer_start(&p->timer, on_peer_timer, m->cfg.stable_ms, 0);
+      log_peer(p, FY_LOG_INFO, "connmgr.open", "addr", p->conn_addr, (const char *)NULL, NULL, NULL, NULL);
+      peer_resolve_all(p, qc, NULL);
+    }
+  }
+  if (m->obs_open)
+    m->obs_open(qc, m->obs_user);
+  return 0;
+}
+
+static void peer_conn_closed(struct peer *p, struct fy_qconn *qc, const struct fy_qclose *why);
+
+static void obs_close(struct fy_qconn *qc, const struct fy_qclose *why, void *user) {
+  struct fy_connmgr *m = user;
+  if (!fy_qconn_is_client(qc)) {
+    if (fy_qconn_was_opened(qc))
+      inbound_close(m, qc, why);
+  } else {
+    struct peer *p = peer_of_conn(m, qc);
+    if (p)
+      peer_conn_closed(p, qc, why);
+  }
+  if (m->obs_close && fy_qconn_was_opened(qc))
+    m->obs_close(qc, why, m->obs_user);
+}
+
+static void peer_conn_closed(struct peer *p, struct fy_qconn *qc, const struct fy_qclose *why) {
+  struct fy_connmgr *m = p->m;
+  p->conn = NULL;
+  struct fy_qclose here;
+  failure_at(&here, why, p->conn_addr);
+  ready_conn_gone(m, qc, &here);
   if (why->kind == FY_QCLOSE_ENDPOINT) {
     peer_stop(p, &here);
     return;
@@ -495,6 +588,7 @@ void fy_connmgr_close(struct fy_connmgr *m, void (*done)(void *user), void *user
   m->done = done;
   m->done_user = user;
   fy_rpc_set_conn_observer(m->rpc, NULL, NULL, NULL);
+  inbound_free_all(m); /* we no longer hear of their closes */
   struct fy_qclose why = {.kind = FY_QCLOSE_ENDPOINT};
   set_msg(&why, "the connection manager closed");
   /* We no longer hear of closes, so nobody may be handed a connection. */
@@ -513,10 +607,15 @@ void fy_connmgr_close(struct fy_connmgr *m, void (*done)(void *user), void *user
   uv_idle_start(&m->idle, on_idle);
 }
 
-/* Checks arguments and finds or makes the peer; every error leaves nothing behind. */
+/* Checks arguments and finds or makes the peer; every error leaves nothing
+ * behind. With inbound_ok, a peer without addresses is no error when it has a
+ * live inbound connection: *out may then stay NULL and *inbound is set. */
 static int peer_for(struct fy_connmgr *m, const struct fy_nodeid *id, const struct sockaddr_storage *addrs,
-                    size_t naddrs, const char *alpn, struct peer **out, struct fy_err *err) {
+                    size_t naddrs, const char *alpn, bool inbound_ok, struct peer **out,
+                    struct fy_qconn **inbound, struct fy_err *err) {
   *out = NULL;
+  if (inbound)
+    *inbound = NULL;
   if (m->closing)
     return fy_err_set(err, FY_EINVAL, "the connection manager is closing");
   if (!id || (naddrs > 0 && !addrs))
@@ -535,10 +634,16 @@ static int peer_for(struct fy_connmgr *m, const struct fy_nodeid *id, const stru
   struct peer_key k;
   key_set(&k, id, alpn);
   struct peer *p = peer_find(m, &k);
+  if (inbound_ok && inbound)
+    *inbound = inbound_live(m, id);
   if (naddrs == 0 && (!p || p->naddrs == 0)) {
+    if (inbound_ok && inbound && *inbound) {
+      *out = p;
+      return 0;
+    }
     char hex[FY_NODEID_SHORT_LEN + 1];
     fy_nodeid_to_short(id, hex);
-    return fy_err_set(err, FY_EINVAL, "no address known for peer %s", hex);
+    return fy_err_set(err, FY_ENOENT, "no address known for peer %s", hex);
   }
   if (!p && !(p = peer_new(m, &k)))
     return fy_err_set(err, FY_ENOMEM, "cannot allocate a peer");
@@ -556,17 +661,25 @@ int fy_connmgr_get(struct fy_connmgr *m, const struct fy_nodeid *id, const struc
   if (!ready)
     return fy_err_set(err, FY_EINVAL, "fy_connmgr_get needs a ready callback");
   struct peer *p = NULL;
-  int rc = peer_for(m, id, addrs, naddrs, alpn, &p, err);
-  if (rc < 0 || !p)
+  struct fy_qconn *inbound = NULL;
+  int rc = peer_for(m, id, addrs, naddrs, alpn, true, &p, &inbound, err);
+  if (rc < 0 || (!p && !inbound))
     return rc < 0 ? rc : FY_EINVAL;
   struct waiter *w = calloc(1, sizeof(*w));
   if (!w)
     return fy_err_set(err, FY_ENOMEM, "cannot allocate a waiter");
   w->ready = ready;
   w->user = user;
+  bool dialled_live = p && p->state == FY_CONNMGR_OPEN && p->conn && fy_qconn_is_open(p->conn);
+  if (!dialled_live && inbound) {
+    /* The peer dialled us: behind NAT this may be the only way to reach it,
+     * and when we could dial too, a live connection beats a new handshake. */
+    waiter_resolve(m, w, inbound, NULL);
+    return 0;
+  }
   switch (p->state) {
   case FY_CONNMGR_OPEN:
-    if (p->conn && fy_qconn_is_open(p->conn)) {
+    if (dialled_live) {
       waiter_resolve(m, w, p->conn, NULL);
       break;
     }
@@ -589,10 +702,19 @@ int fy_connmgr_get(struct fy_connmgr *m, const struct fy_nodeid *id, const struc
   return 0;
 }
 
+void fy_connmgr_set_conn_observer(struct fy_connmgr *m, void (*on_open)(struct fy_qconn *c, void *user),
+                                  void (*on_close)(struct fy_qconn *c, const struct fy_qclose *why,
+                                                   void *user),
+                                  void *user) {
+  m->obs_open = on_open;
+  m->obs_close = on_close;
+  m->obs_user = user;
+}
+
 int fy_connmgr_keep(struct fy_connmgr *m, const struct fy_nodeid *id, const struct sockaddr_storage *addrs,
                     size_t naddrs, const char *alpn, bool keep, struct fy_err *err) {
   struct peer *p = NULL;
-  int rc = peer_for(m, id, addrs, naddrs, alpn, &p, err);
+  int rc = peer_for(m, id, addrs, naddrs, alpn, false, &p, NULL, err);
   if (rc < 0 || !p)
     return rc < 0 ? rc : FY_EINVAL;
   p->keep = keep;
@@ -608,8 +730,14 @@ int fy_connmgr_status(const struct fy_connmgr *m, const struct fy_nodeid *id, co
   if (!id || key_set(&k, id, alpn ? alpn : FY_RPC_ALPN) < 0)
     return FY_EINVAL;
   const struct peer *p = peer_find(m, &k);
-  if (!p)
-    return FY_ENOENT;
+  out->inbound = inbound_live(m, id) != NULL;
+  if (!p) {
+    if (!out->inbound)
+      return FY_ENOENT;
+    out->state = FY_CONNMGR_IDLE;
+    out->state_name = fy_connmgr_state_name(FY_CONNMGR_IDLE);
+    return 0;
+  }
   out->state = p->state;
   out->state_name = fy_connmgr_state_name(p->state);
   out->keep = p->keep;

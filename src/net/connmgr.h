@@ -33,8 +33,17 @@
  *
  * Scope. The manager learns of opens and closes through the RPC layer's
  * connection observer, which it takes for itself (fy_rpc_set_conn_observer);
- * so it dials FY_RPC_ALPN only, for now. It tracks only connections it
- * dialled: inbound connections from the same peer are not reused. Create the
+ * so it dials FY_RPC_ALPN only, for now. Others may watch the same opens and
+ * closes through fy_connmgr_set_conn_observer.
+ *
+ * Inbound connections. The manager also learns the RPC connections peers
+ * dialled to us (the newest open one per node id; forgotten when it closes).
+ * fy_connmgr_get for a peer without a live connection of our own hands out
+ * that inbound connection instead of dialling, and needs no address for it:
+ * that is how a coordinator reaches agents behind NAT, over the connection
+ * they opened. A peer with neither a connection nor an address fails with
+ * FY_ENOENT. Inbound connections are never redialled (we may not be able to)
+ * and take no part in the backoff. Create the
  * endpoint with the RPC handler first, then the manager (observers are looked
  * up when a connection opens, so the order works). Close the manager before
  * shutting the endpoint down. Everything runs on the loop given to
@@ -89,6 +98,7 @@ struct fy_connmgr_peer_status {
   uint64_t retry_in_ms;          /* FY_CONNMGR_BACKOFF: ms until the next attempt, else 0 */
   size_t waiters;                /* callers waiting for a connection */
   size_t naddrs;
+  bool inbound; /* the peer has a live connection it dialled to us */
 };
 
 /* The ready callback: exactly one of c (open) and failure is non-NULL. */
@@ -107,10 +117,13 @@ void fy_connmgr_close(struct fy_connmgr *m, void (*done)(void *user), void *user
 
 /* Asks for a connection to id with alpn (NULL: FY_RPC_ALPN). addrs (up to
  * FY_CONNMGR_ADDRS_MAX, tried in order) replace the peer's known addresses
- * when naddrs > 0; with naddrs 0 the known ones are used. ready(c, NULL) or
- * ready(NULL, failure) follows on a later loop turn, exactly once. Returns 0,
- * or a negative FY_E* code (bad arguments, no address known, closing) and
- * then ready is never called. */
+ * when naddrs > 0; with naddrs 0 the known ones are used. Without a live
+ * connection of our own, a live inbound one from id is handed out (no address
+ * needed). ready(c, NULL) or ready(NULL, failure) follows on a later loop
+ * turn, exactly once. Returns 0, or a negative FY_E* code and then ready is
+ * never called: FY_ENOENT when there is no inbound connection and no address
+ * is known, FY_EINVAL (bad arguments, closing), FY_EUNSUPPORTED (another
+ * ALPN), FY_ELIMIT (too many addresses). */
 int fy_connmgr_get(struct fy_connmgr *m, const struct fy_nodeid *id, const struct sockaddr_storage *addrs,
                    size_t naddrs, const char *alpn, unsigned flags, fy_connmgr_ready_fn ready, void *user,
                    struct fy_err *err);
@@ -121,7 +134,18 @@ int fy_connmgr_get(struct fy_connmgr *m, const struct fy_nodeid *id, const struc
 int fy_connmgr_keep(struct fy_connmgr *m, const struct fy_nodeid *id, const struct sockaddr_storage *addrs,
                     size_t naddrs, const char *alpn, bool keep, struct fy_err *err);
 
-/* What the manager knows of (id, alpn); FY_ENOENT if it never heard of it. */
+/* Also tells on_open / on_close (either may be NULL) of every RPC connection
+ * that opens or closes on the endpoint, dialled by anyone or accepted, after
+ * the manager's own bookkeeping (the RPC layer has one observer slot, and the
+ * manager holds it). on_close comes only for connections on_open saw. Loop
+ * thread; ends with fy_connmgr_close. */
+void fy_connmgr_set_conn_observer(struct fy_connmgr *m, void (*on_open)(struct fy_qconn *c, void *user),
+                                  void (*on_close)(struct fy_qconn *c, const struct fy_qclose *why,
+                                                   void *user),
+                                  void *user);
+
+/* What the manager knows of (id, alpn); FY_ENOENT if it never heard of it
+ * (a peer known only by its inbound connection reads as idle, inbound). */
 int fy_connmgr_status(const struct fy_connmgr *m, const struct fy_nodeid *id, const char *alpn,
                       struct fy_connmgr_peer_status *out);
 

@@ -273,15 +273,19 @@ static void lane_ready(struct fy_qconn *c, const struct fy_qclose *failure, void
 static void lane_start(struct fy_delivery *d, struct lane *l) {
   struct sockaddr_storage addrs[FY_CONNMGR_ADDRS_MAX];
   size_t n = d->cfg.resolve(&l->dest, addrs, FY_CONNMGR_ADDRS_MAX, d->cfg.resolve_user);
-  if (n == 0) {
-    lane_log(l, FY_LOG_DEBUG, "delivery.no_address", "no address known for the destination");
-    return;
-  }
+  if (n > FY_CONNMGR_ADDRS_MAX)
+    n = FY_CONNMGR_ADDRS_MAX;
+  /* Even without an address: the destination may have dialled us (an agent
+   * behind NAT), and the connection manager knows its connection. */
   struct fy_err err = {0};
   l->state = LANE_CONNECTING;
-  if (fy_connmgr_get(d->cfg.connmgr, &l->dest, addrs, n, FY_RPC_ALPN, 0, lane_ready, l, &err) < 0) {
+  int rc = fy_connmgr_get(d->cfg.connmgr, &l->dest, n ? addrs : NULL, n, FY_RPC_ALPN, 0, lane_ready, l, &err);
+  if (rc < 0) {
     l->state = LANE_IDLE;
-    lane_log(l, FY_LOG_INFO, "delivery.connect_failed", err.msg);
+    if (rc == FY_ENOENT)
+      lane_log(l, FY_LOG_DEBUG, "delivery.no_address", err.msg); /* the next scan asks again */
+    else
+      lane_log(l, FY_LOG_INFO, "delivery.connect_failed", err.msg);
   }
 }
 

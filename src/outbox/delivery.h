@@ -27,8 +27,9 @@
 
 struct fy_delivery;
 
-/* Where dest can be reached: fills up to cap addresses, returns how many (0:
- * unknown for now; the lane tries again at the next scan). */
+/* Where dest can be reached: fills up to cap addresses, returns how many. 0
+ * (unknown) still delivers over a connection dest opened to us, if the
+ * connection manager knows one; else the lane tries again at the next scan. */
 typedef size_t (*fy_delivery_resolve_fn)(const struct fy_nodeid *dest, struct sockaddr_storage *addrs,
                                          size_t cap, void *user);
 

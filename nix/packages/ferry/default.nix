@@ -77,6 +77,7 @@ pkgs.stdenv.mkDerivation (_finalAttrs: {
     # Debian's libmsgpack-dev calls it `msgpack`. meson.build accepts both.
     pkgs.msgpack-c
     pkgs.inih
+    pkgs.jansson
     # tests/meson.build asks for cmocka unconditionally, so it is needed to
     # configure at all, not only when checks run: not a checkInput.
     pkgs.cmocka
