@@ -373,7 +373,10 @@ static int forget_fn(struct fy_txn *t, void *user) {
 
 int fy_admin_session_forget(struct fy_admin_session *s, const uint8_t id[FY_ENVELOPE_ID_LEN],
                             struct fy_err *err) {
-  int rc = fy_store_write(fy_node_store(s->node), forget_fn, (void *)(uintptr_t)id, err);
+  /* The store hands user on as void *: pass a copy rather than cast const away. */
+  uint8_t key[FY_ENVELOPE_ID_LEN];
+  memcpy(key, id, sizeof(key));
+  int rc = fy_store_write(fy_node_store(s->node), forget_fn, key, err);
   return rc < 0 ? rc : 0;
 }
 

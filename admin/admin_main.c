@@ -358,9 +358,9 @@ static int resolve_agent(struct admin *a, const char *arg, struct fy_nodeid *id,
   rc = fy_admin_reply_unpack(reply.data, reply.len, "agent reply", &zone, &o, &err);
   const msgpack_object *ag = rc == 0 ? fy_admin_map_get(&o, "agent") : NULL;
   const msgpack_object *ido = fy_admin_map_get(ag, "id"), *to = fy_admin_map_get(ag, "tenant");
-  if (rc == 0 && (!ido || ido->type != MSGPACK_OBJECT_BIN || ido->via.bin.size != 32))
+  if (rc == 0 && (!ido || ido->type != MSGPACK_OBJECT_BIN || ido->via.bin.size != 32)) {
     rc = fy_err_set(&err, FY_EINVAL, "agent reply: agent.id is not bin 32");
-  if (rc == 0) {
+  } else if (rc == 0) {
     memcpy(id->key, ido->via.bin.ptr, 32);
     if (to && to->type == MSGPACK_OBJECT_STR && to->via.str.size < tsize) {
       memcpy(tenant, to->via.str.ptr, to->via.str.size);
@@ -397,6 +397,24 @@ static int cmd_status(struct admin *a, int argc, char **argv) {
   return finish(a, rc == 0 ? FY_EXIT_OK : FY_EXIT_FAIL);
 }
 
+/* The start of a command group (agents, admins, enroll): prints usage when no
+ * subcommand is given (to stderr, exit 2) or on --help/-h (to stdout, exit 0).
+ * Otherwise sets *sub, drops the group's own argv[0] so the subcommand's name
+ * becomes argv[0], and returns -1 to go on. */
+static int subcommand(struct admin *a, const char *usage, int *argc, char ***argv, const char **sub) {
+  if (*argc < 2) {
+    fputs(usage, a->proc->errout);
+    return FY_EXIT_USAGE;
+  }
+  *sub = (*argv)[1];
+  if (strcmp(*sub, "--help") == 0 || strcmp(*sub, "-h") == 0) {
+    fputs(usage, a->proc->out);
+    return FY_EXIT_OK;
+  }
+  (*argc)--, (*argv)++;
+  return -1;
+}
+
 static int cmd_agents(struct admin *a, int argc, char **argv) {
   static const char usage[] =
       "usage: ferry admin agents <list|show|approve|revoke> [flags]\n\n"
@@ -404,17 +422,10 @@ static int cmd_agents(struct admin *a, int argc, char **argv) {
       "  show ID                                   one agent: fields, facts, history\n"
       "  approve ID --tenant T [--labels k=v,..]   enroll a pending agent\n"
       "  revoke ID                                 shut an agent out\n";
-  if (argc < 2) {
-    fputs(usage, a->proc->errout);
-    return FY_EXIT_USAGE;
-  }
-  const char *sub = argv[1];
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    fputs(usage, a->proc->out);
-    return FY_EXIT_OK;
-  }
-  argc--, argv++;
-  int st;
+  const char *sub = NULL;
+  int st = subcommand(a, usage, &argc, &argv, &sub);
+  if (st >= 0)
+    return st;
   if (strcmp(sub, "list") == 0) {
     a->name = "admin agents list";
     st = start(a, NULL, 0, argc, argv, "ferry admin agents list [flags]",
@@ -489,17 +500,10 @@ static int cmd_admins(struct admin *a, int argc, char **argv) {
       "  add KEY --role R --tenants a,b|*              add an admin or change one (admin.set)\n"
       "  remove KEY                                    remove an admin\n"
       "KEY is a node id or an 'ssh-ed25519 AAAA...' line.\n";
-  if (argc < 2) {
-    fputs(usage, a->proc->errout);
-    return FY_EXIT_USAGE;
-  }
-  const char *sub = argv[1];
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    fputs(usage, a->proc->out);
-    return FY_EXIT_OK;
-  }
-  argc--, argv++;
-  int st;
+  const char *sub = NULL;
+  int st = subcommand(a, usage, &argc, &argv, &sub);
+  if (st >= 0)
+    return st;
   if (strcmp(sub, "list") == 0) {
     a->name = "admin admins list";
     st = start(a, NULL, 0, argc, argv, "ferry admin admins list [flags]",
@@ -653,26 +657,21 @@ static int cmd_enroll(struct admin *a, int argc, char **argv) {
       "  create --tenant T [--labels k=v,..] [--ttl 1h] [--uses N]   print a new ticket\n"
       "  list                                                       the tickets\n"
       "  revoke TICKET_ID                                           stop a ticket\n";
-  if (argc < 2) {
-    fputs(usage, a->proc->errout);
-    return FY_EXIT_USAGE;
-  }
-  const char *sub = argv[1];
-  if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-    fputs(usage, a->proc->out);
-    return FY_EXIT_OK;
-  }
+  const char *sub = NULL;
+  int st = subcommand(a, usage, &argc, &argv, &sub);
+  if (st >= 0)
+    return st;
   if (strcmp(sub, "create") == 0)
-    return enroll_create(a, argc - 1, argv + 1);
+    return enroll_create(a, argc, argv);
   if (strcmp(sub, "revoke") == 0)
-    return enroll_revoke(a, argc - 1, argv + 1);
+    return enroll_revoke(a, argc, argv);
   if (strcmp(sub, "list") != 0)
     return fy_applet_fail(a->proc, "admin enroll", FY_EXIT_USAGE,
                           "unknown subcommand '%s' (create | list | revoke)", sub);
   a->name = "admin enroll list";
-  int st = start(a, NULL, 0, argc - 1, argv + 1, "ferry admin enroll list [flags]",
-                 "Lists the enrollment tickets within your tenants: id, tenant, labels, expiry,\n"
-                 "uses, state, who made it and when.");
+  st = start(a, NULL, 0, argc, argv, "ferry admin enroll list [flags]",
+             "Lists the enrollment tickets within your tenants: id, tenant, labels, expiry,\n"
+             "uses, state, who made it and when.");
   if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0 || (st = open_session(a)) >= 0)
     return finish(a, st);
   return finish(a, query(a, "tickets", NULL, NULL, fy_admin_view_tickets));

@@ -27,6 +27,7 @@ static const char *reply_where(const struct fy_mpshape_pos *pos, char *out, size
 int fy_admin_reply_unpack(const uint8_t *reply, size_t len, const char *what, msgpack_zone *zone,
                           msgpack_object *out, struct fy_err *err) {
   msgpack_zone_init(zone, 2048);
+  *out = (msgpack_object){.type = MSGPACK_OBJECT_NIL}; /* defined on every path, errors included */
   if (len > FY_ADMIN_REPLY_MAX)
     return fy_err_set(err, FY_ELIMIT, "%s: %zu bytes, more than the %u a reply may have", what, len,
                       FY_ADMIN_REPLY_MAX);
@@ -281,11 +282,13 @@ static json_t *bin_json(const uint8_t *p, size_t n) {
     return json_string(hex);
   }
   size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-  FY_AUTOFREE char *b64 = malloc(cap);
+  char *b64 = malloc(cap);
   if (!b64)
     return NULL;
   sodium_bin2base64(b64, cap, p, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-  return json_string(b64);
+  json_t *j = json_string(b64);
+  free(b64);
+  return j;
 }
 
 json_t *fy_admin_json_from_msgpack(const msgpack_object *o, struct fy_err *err) {
@@ -569,7 +572,7 @@ static int admin_row(const struct fy_admin_view *v, struct table *t, const msgpa
   (void)v;
   uint8_t key[32];
   char role[32], tenants[1024], id[13];
-  bool root;
+  bool root = false;
   int rc;
   if ((rc = get_bin32(e, "key", key, w, err)) < 0 ||
       (rc = get_str(e, "role", role, sizeof(role), w, err)) < 0 ||
@@ -589,9 +592,9 @@ int fy_admin_view_admins(const struct fy_admin_view *v, const uint8_t *reply, si
 static int ticket_row(const struct fy_admin_view *v, struct table *t, const msgpack_object *e, const char *w,
                       struct fy_err *err) {
   char id[40], tenant[80], labels[2048], expires[40], uses[24], used[24], by[13], at[40];
-  uint64_t exp_ms, nuses, nused, at_ms;
-  uint8_t by_key[32];
-  bool revoked;
+  uint64_t exp_ms = 0, nuses = 0, nused = 0, at_ms = 0;
+  uint8_t by_key[32] = {0};
+  bool revoked = false;
   int rc;
   if ((rc = get_str(e, "id", id, sizeof(id), w, err)) < 0 ||
       (rc = get_str(e, "tenant", tenant, sizeof(tenant), w, err)) < 0 ||
@@ -684,9 +687,13 @@ static int print_facts(FILE *out, const msgpack_object *facts, const char *inden
   return 0;
 }
 
+/* Facts that change with every report, so left out of the history diff. */
+static bool volatile_fact(const char *key) {
+  return strcmp(key, "uptime_s") == 0 || strcmp(key, "disk_free") == 0 || strcmp(key, "collected_at") == 0;
+}
+
 /* What changed from one report to the next, as "key=value" pairs. */
 static void facts_diff(const msgpack_object *prev, const msgpack_object *cur, char *out, size_t size) {
-  static const char *const volatile_keys[] = {"uptime_s", "disk_free", "collected_at"};
   size_t at = 0;
   out[0] = '\0';
   for (uint32_t i = 0; i < cur->via.map.size && at < size; i++) {
@@ -695,10 +702,7 @@ static void facts_diff(const msgpack_object *prev, const msgpack_object *cur, ch
       continue;
     char key[128], now_text[512], was_text[512] = "";
     snprintf(key, sizeof(key), "%.*s", (int)k->via.str.size, k->via.str.ptr);
-    bool skip = false;
-    for (size_t j = 0; j < FY_ARRAY_LEN(volatile_keys); j++)
-      skip |= strcmp(key, volatile_keys[j]) == 0;
-    if (skip)
+    if (volatile_fact(key))
       continue;
     fact_text(val, now_text, sizeof(now_text));
     const msgpack_object *was = prev ? fy_admin_map_get(prev, key) : NULL;
@@ -743,7 +747,7 @@ int fy_admin_view_agent(const struct fy_admin_view *v, const uint8_t *reply, siz
       if (facts->via.map.ptr[i].key.type != MSGPACK_OBJECT_STR)
         rc = fy_err_set(err, FY_EINVAL, "agent reply: facts: key %" PRIu32 " is not a string", i);
   }
-  if (rc < 0 || v->json) {
+  if (rc != 0 || v->json) {
     if (rc == 0)
       rc = print_json(v, fy_admin_json_from_msgpack(&o, err), err);
     msgpack_zone_destroy(&zone);

@@ -16,7 +16,7 @@
 #include "node/node.h"
 #include "rpc/rpc.h"
 
-#define REQUEST_MAX (64 * 1024)
+#define REQUEST_MAX 65536 /* bytes of one request */
 
 #define CONNS_PER_PEER 8 /* connections of one peer we can close at once */
 #define REVOKE_RETRY_MS 20
@@ -146,7 +146,8 @@ static void cut_off_revoked(struct server *s) {
       fy_info(s->log, "conn.revoked", "peer", hex);
       struct fy_qconn *conns[CONNS_PER_PEER];
       unsigned n = o->nconns;
-      memcpy(conns, o->conns, n * sizeof(conns[0]));
+      /* Closing calls on_conn_close, which edits o->conns (and may free o). */
+      memcpy(conns, o->conns, sizeof(conns));
       for (unsigned i = 0; i < n; i++)
         fy_qconn_close(conns[i], FY_CLOSE_REVOKED, "agent revoked");
     }
@@ -427,7 +428,7 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
   uv_mutex_destroy(&s->revoked_lock);
   struct online *o, *tmp;
   HASH_ITER(hh, s->online, o, tmp) {
-    HASH_DEL(s->online, o);
+    HASH_DEL(s->online, o); // NOLINT(clang-analyzer-unix.Malloc): tmp holds the next; o is unlinked first
     free(o);
   }
   int lrc = uv_loop_close(&s->loop);

@@ -200,7 +200,10 @@ static int corrupt(struct fy_txn *t, const char *table) {
   return fy_err_set(fy_txn_err(t), FY_EIO, "store: a damaged record in %s", table);
 }
 
-static int get_admin(struct fy_txn *t, const struct fy_nodeid *key, struct fy_admin *out) {
+static int get_admin(struct fy_txn *t, const struct fy_nodeid *key_in, struct fy_admin *out) {
+  struct fy_nodeid key_copy = *key_in; /* key_in may be &out->key */
+  const struct fy_nodeid *key = &key_copy;
+  memset(out, 0, sizeof(*out));
   struct fy_bytes v;
   int rc = fy_store_get(t, tb(t, T_ADMINS), ID_KEY(key), &v);
   if (rc != 1)
@@ -491,7 +494,7 @@ static int forward_statement(struct fy_coord *c, struct fy_txn *t, const uint8_t
 static int apply_admin(struct fy_coord *c, struct fy_txn *t, const struct fy_admin *signer,
                        const struct fy_cmd_body *b, const uint8_t *env, size_t len, uint64_t now,
                        enum fy_cmd_refusal *r, struct fy_err *why) {
-  struct fy_admin next, target;
+  struct fy_admin next = {0}, target = {0};
   if (fy_admin_args_decode(b, &next, why) < 0) {
     *r = FY_CMD_INVALID_ARGS;
     return 0;
@@ -871,11 +874,12 @@ static int enroll_body(struct fy_txn *t, void *user) {
     struct ticket_rec tk;
     if ((rc = get_ticket(t, hash, &tk)) < 0)
       return rc;
-    if (rc == 0 || tk.revoked)
-      return fy_err_set(
-          err, FY_EPERM,
-          "ticket %s: the coordinator does not know it (forged, revoked, or for another coordinator)",
-          rc == 0 ? "refused" : "revoked");
+    if (rc == 0)
+      return fy_err_set(err, FY_EPERM,
+                        "ticket refused: the coordinator does not know it (forged, or made for another "
+                        "coordinator)");
+    if (tk.revoked)
+      return fy_err_set(err, FY_EPERM, "ticket refused: an admin revoked it");
     if (tk.expires <= e->now)
       return fy_err_set(err, FY_EPERM, "ticket expired %" PRIu64 " s ago", (e->now - tk.expires) / 1000);
     if (tk.uses && tk.used >= tk.uses)
@@ -1055,16 +1059,16 @@ static int q_agent(struct fy_txn *t, struct query *q) {
   fy_cursor_close(cur);
   if (rc < 0)
     return rc;
+  if (found > 1) {
+    q->rpc_code = FY_RPC_INVALID_ARGUMENT;
+    return fy_err_set(fy_txn_err(t), FY_EINVAL, "agent id '%s' is ambiguous: give more digits", q->id_prefix);
+  }
   struct agent_rec a;
   if (found == 1 && (rc = get_agent(t, &match, &a)) < 0)
     return rc;
   if (found == 0 || !visible_agent(&q->caller, &a)) {
     q->rpc_code = FY_RPC_NOT_FOUND;
     return fy_err_set(fy_txn_err(t), FY_ENOENT, "no agent %s", q->id_prefix);
-  }
-  if (found > 1) {
-    q->rpc_code = FY_RPC_INVALID_ARGUMENT;
-    return fy_err_set(fy_txn_err(t), FY_EINVAL, "agent id '%s' is ambiguous: give more digits", q->id_prefix);
   }
   msgpack_pack_map(&q->pk, 4);
   pk_str(&q->pk, "agent");

@@ -26,24 +26,24 @@
     .name = "listen", .type = FY_CFG_STRING, .def = "[::]:4433", .help = "UDP address for QUIC"              \
   }
 
-static const struct fy_cfg_key serve_keys[] = {
-    COMMON_KEYS,
-    {.name = "keepalive",
-     .type = FY_CFG_DURATION,
-     .def = "0",
-     .min = 0,
-     .max = 3600000,
-     .help = "keep-alive probes on idle connections (0: the agents keep them alive)"},
-    {.name = "idle_timeout",
-     .type = FY_CFG_DURATION,
-     .def = "60s",
-     .min = 1000,
-     .max = 3600000,
-     .help = "close connections silent for this long"},
-};
+/* init and serve read the same file, which is strict about unknown keys:
+ * so both declare every key. */
+#define SERVE_KEYS                                                                                           \
+  COMMON_KEYS, {.name = "keepalive",                                                                         \
+                .type = FY_CFG_DURATION,                                                                     \
+                .def = "0",                                                                                  \
+                .min = 0,                                                                                    \
+                .max = 3600000,                                                                              \
+                .help = "keep-alive probes on idle connections (0: the agents keep them alive)"},            \
+  {                                                                                                          \
+    .name = "idle_timeout", .type = FY_CFG_DURATION, .def = "60s", .min = 1000, .max = 3600000,              \
+    .help = "close connections silent for this long"                                                         \
+  }
+
+static const struct fy_cfg_key serve_keys[] = {SERVE_KEYS};
 
 static const struct fy_cfg_key init_keys[] = {
-    COMMON_KEYS,
+    SERVE_KEYS,
     {.name = "owner",
      .type = FY_CFG_STRING,
      .flags = FY_CFG_CLI_ONLY,

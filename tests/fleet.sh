@@ -204,6 +204,18 @@ t_ticket_for_another_coordinator() {
   run 1 "$ferry" agent enroll $(agent_flags a7) "$(cat "$tmp/other.ticket")" && has "$err" "${other:0:12}"
 }
 
+t_revoked_ticket_refused() {
+  run 0 admin enroll create --tenant lab --uses 5 || return 1
+  local t=$out id
+  run 0 admin enroll list --json || return 1
+  id=$(python3 -c 'import json,sys; print([x["id"] for x in json.load(sys.stdin)["tickets"] if x["uses"] == 5][0])' <<<"$out") || return 1
+  run 0 admin enroll revoke "$id" && has "$out" "applied: enroll.revoke" || return 1
+  run 0 admin enroll list && has "$out" "revoked" || return 1
+  mkdir -p "$tmp/a9"
+  # shellcheck disable=SC2046
+  run 1 "$ferry" agent enroll $(agent_flags a9) "$t" && has "$err" "an admin revoked it"
+}
+
 t_facts_survive_coordinator_restart() {
   local id
   id=$(agent_id a1)
@@ -261,6 +273,7 @@ check ticket_used_up t_ticket_used_up
 check ticket_expired t_ticket_expired
 check ticket_forged t_ticket_forged
 check ticket_for_another_coordinator t_ticket_for_another_coordinator
+check revoked_ticket_refused t_revoked_ticket_refused
 check facts_survive_coordinator_restart t_facts_survive_coordinator_restart
 check admin_queues_while_coordinator_down t_admin_queues_while_coordinator_down
 check admin_refusals t_admin_refusals

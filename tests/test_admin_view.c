@@ -83,7 +83,7 @@ static void pk_agent(msgpack_packer *pk, uint8_t idbyte, const char *hostname, b
   pk_str(pk, "online");
   msgpack_pack_true(pk);
   pk_str(pk, "last_seen");
-  msgpack_pack_uint64(pk, NOW - 3 * 60 * 1000);
+  msgpack_pack_uint64(pk, NOW - 3ull * 60 * 1000);
   pk_str(pk, "enrolled_at");
   msgpack_pack_uint64(pk, NOW - 30ull * 24 * 3600 * 1000);
 }
@@ -137,7 +137,8 @@ static void test_agents_json(void **state) {
                       "3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f");
   assert_string_equal(json_string_value(json_object_get(json_object_get(a0, "labels"), "site")), "berlin");
   assert_true(json_is_true(json_object_get(a0, "online")));
-  assert_int_equal(json_integer_value(json_object_get(a0, "last_seen")), (json_int_t)(NOW - 3 * 60 * 1000));
+  assert_int_equal(json_integer_value(json_object_get(a0, "last_seen")),
+                   (json_int_t)(NOW - 3ull * 60 * 1000));
   json_decref(j);
   out_free(&o);
   msgpack_sbuffer_destroy(&sb);
@@ -193,11 +194,11 @@ static void test_status_unreachable(void **state) {
   memset(p[0].id, 0x11, 32);
   snprintf(p[0].cmd, sizeof(p[0].cmd), "agents.approve");
   p[0].seq = 42;
-  p[0].queued_at = NOW - 2 * 3600 * 1000;
+  p[0].queued_at = NOW - 2ull * 3600 * 1000;
   memset(p[1].id, 0x22, 32);
   snprintf(p[1].cmd, sizeof(p[1].cmd), "enroll.create");
   p[1].seq = 43;
-  p[1].queued_at = NOW - 10 * 1000;
+  p[1].queued_at = NOW - 10ull * 1000;
   struct out o;
   out_open(&o, false);
   struct fy_err err = {0};
@@ -376,7 +377,7 @@ static void test_agent_show(void **state) {
   pk_str(&pk, "facts");
   pk_facts(&pk, "1.2.3", 500);
   pk_str(&pk, "facts_at");
-  msgpack_pack_uint64(&pk, NOW - 60 * 1000);
+  msgpack_pack_uint64(&pk, NOW - 60ull * 1000);
   pk_str(&pk, "history");
   msgpack_pack_array(&pk, 3);
   const char *versions[] = {"1.2.2", "1.2.2", "1.2.3"};
@@ -449,7 +450,7 @@ static void test_admins_and_tickets(void **state) {
   pk_str(&pk, "labels");
   msgpack_pack_map(&pk, 0);
   pk_str(&pk, "expires");
-  msgpack_pack_uint64(&pk, NOW + 3600 * 1000);
+  msgpack_pack_uint64(&pk, NOW + 3600ull * 1000);
   pk_str(&pk, "uses");
   msgpack_pack_uint64(&pk, 0);
   pk_str(&pk, "used");
@@ -459,7 +460,7 @@ static void test_admins_and_tickets(void **state) {
   pk_str(&pk, "by");
   pk_bin(&pk, key, 32);
   pk_str(&pk, "at");
-  msgpack_pack_uint64(&pk, NOW - 60 * 1000);
+  msgpack_pack_uint64(&pk, NOW - 60ull * 1000);
   out_open(&o, false);
   assert_int_equal(fy_admin_view_tickets(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
   out_close(&o);
@@ -515,11 +516,11 @@ static void test_format_time(void **state) {
   assert_string_equal(s, "-");
   fy_admin_format_time(NOW, NOW - 1000, s, sizeof(s));
   assert_string_equal(s, "just now");
-  fy_admin_format_time(NOW, NOW - 45 * 1000, s, sizeof(s));
+  fy_admin_format_time(NOW, NOW - 45ull * 1000, s, sizeof(s));
   assert_string_equal(s, "45s ago");
-  fy_admin_format_time(NOW, NOW - 3 * 60 * 1000 - 59 * 1000, s, sizeof(s));
+  fy_admin_format_time(NOW, NOW - 3ull * 60 * 1000 - 59ull * 1000, s, sizeof(s));
   assert_string_equal(s, "3m ago");
-  fy_admin_format_time(NOW, NOW + 2 * 86400 * 1000ull, s, sizeof(s));
+  fy_admin_format_time(NOW, NOW + 2ull * 86400 * 1000, s, sizeof(s));
   assert_string_equal(s, "in 2d");
   /* Beyond a week: ISO 8601 UTC. 1800000000 s is 2027-01-15T08:00:00Z. */
   fy_admin_format_time(NOW + 30ull * 86400 * 1000, NOW, s, sizeof(s));
@@ -624,12 +625,12 @@ static void test_args_enroll(void **state) {
   uint8_t hash[32];
   memset(hash, 0x5a, sizeof(hash));
   struct fy_labels labels = {0};
-  assert_int_equal(fy_admin_args_enroll_create(hash, &labels, NOW + 3600 * 1000, 3, &b, &err), 0);
+  assert_int_equal(fy_admin_args_enroll_create(hash, &labels, NOW + 3600ull * 1000, 3, &b, &err), 0);
   msgpack_zone zone;
   msgpack_object o;
   assert_int_equal(fy_admin_reply_unpack(b.data, b.len, "args", &zone, &o, &err), 0);
   assert_int_equal(fy_admin_map_get(&o, "hash")->via.bin.size, 32);
-  assert_int_equal(fy_admin_map_get(&o, "expires")->via.u64, NOW + 3600 * 1000);
+  assert_int_equal(fy_admin_map_get(&o, "expires")->via.u64, NOW + 3600ull * 1000);
   assert_int_equal(fy_admin_map_get(&o, "uses")->via.u64, 3);
   assert_int_equal(fy_admin_map_get(&o, "labels")->via.map.size, 0);
   msgpack_zone_destroy(&zone);

@@ -223,10 +223,10 @@ static int args_body(const msgpack_object *map, struct fy_admin *out, bool set, 
 }
 
 int fy_admin_args_decode(const struct fy_cmd_body *body, struct fy_admin *out, struct fy_err *err) {
+  memset(out, 0, sizeof(*out));
   bool set = strcmp(body->cmd, "admin.set") == 0;
   if (!set && strcmp(body->cmd, "admin.remove") != 0)
     return fy_err_set(err, FY_EINVAL, "%s is not an admin change", body->cmd);
-  memset(out, 0, sizeof(*out));
   int rc = fy_mpshape_check(body->args, body->args_len, 4, ARGS_ELEMENTS_MAX, "args", NULL, NULL, err);
   if (rc < 0)
     return rc;
@@ -268,16 +268,20 @@ int fy_admin_args_encode(const struct fy_admin *a, bool set, struct fy_buf *out,
 
 /* ---- an agent's view -------------------------------------------------------------- */
 
-static int grow(void **p, size_t *cap, size_t need, size_t size, struct fy_err *err) {
-  if (need <= *cap)
-    return 0;
-  size_t ncap = *cap ? *cap * 2 : 8;
-  void *np = realloc(*p, ncap * size);
-  if (!np)
-    return fy_err_set(err, FY_ENOMEM, "trust: out of memory");
-  *p = np;
-  *cap = ncap;
-  return 0;
+/* Makes room for one more element of an array of size-byte elements and
+ * returns the free slot (NULL, err set, when memory runs out). */
+static void *slot_for_one_more(void **p, size_t n, size_t *cap, size_t size, struct fy_err *err) {
+  if (n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *np = realloc(*p, ncap * size);
+    if (!np) {
+      fy_err_set(err, FY_ENOMEM, "trust: out of memory");
+      return NULL;
+    }
+    *p = np;
+    *cap = ncap;
+  }
+  return (char *)*p + n * size;
 }
 
 int fy_trust_init(struct fy_trust *t, const struct fy_nodeid *coordinator, const struct fy_nodeid *roots,
@@ -286,10 +290,13 @@ int fy_trust_init(struct fy_trust *t, const struct fy_nodeid *coordinator, const
   t->coordinator = *coordinator;
   if (nroots == 0)
     return fy_err_set(err, FY_EINVAL, "trust: no root owner");
-  if (grow((void **)&t->admins, &t->cap, nroots, sizeof(*t->admins), err) < 0)
-    return FY_ENOMEM;
   for (size_t i = 0; i < nroots; i++) {
-    struct fy_admin *a = &t->admins[t->nadmins++];
+    struct fy_admin *a = slot_for_one_more((void **)&t->admins, t->nadmins, &t->cap, sizeof(*a), err);
+    if (!a) {
+      fy_trust_free(t);
+      return FY_ENOMEM;
+    }
+    t->nadmins++;
     memset(a, 0, sizeof(*a));
     a->key = roots[i];
     a->role = FY_ROLE_OWNER;
@@ -363,22 +370,27 @@ enum fy_cmd_refusal fy_trust_apply(struct fy_trust *t, const uint8_t *env, size_
   enum fy_cmd_refusal r = fy_trust_check_admin_change(signer, target, set ? &next : NULL, err);
   if (r != FY_CMD_OK)
     return r;
-  /* Room first, so nothing changes when memory runs out. */
-  if (!is && grow((void **)&t->issuers, &t->icap, t->nissuers + 1, sizeof(*t->issuers), err) < 0)
+  /* Room first, so nothing changes when memory runs out. The admin slot
+   * comes last: growing the issuers cannot move the admins. */
+  struct fy_trust_issuer *issuer = is;
+  if (!issuer &&
+      !(issuer = slot_for_one_more((void **)&t->issuers, t->nissuers, &t->icap, sizeof(*issuer), err)))
     return FY_CMD_MALFORMED;
-  if (set && !target && grow((void **)&t->admins, &t->cap, t->nadmins + 1, sizeof(*t->admins), err) < 0)
+  struct fy_admin *slot = target;
+  if (set && !slot && !(slot = slot_for_one_more((void **)&t->admins, t->nadmins, &t->cap, sizeof(*slot), err)))
     return FY_CMD_MALFORMED;
   if (!is) {
-    is = &t->issuers[t->nissuers++];
-    is->key = body.issuer;
+    t->nissuers++;
+    issuer->key = body.issuer;
   }
-  is->seq = body.seq;
-  if (set && target)
-    *target = next;
-  else if (set)
-    t->admins[t->nadmins++] = next;
-  else
+  issuer->seq = body.seq;
+  if (set) {
+    if (!target)
+      t->nadmins++;
+    *slot = next;
+  } else {
     *target = t->admins[--t->nadmins];
+  }
   return FY_CMD_OK;
 }
 

@@ -188,6 +188,20 @@ in
         };
       }
       // {
+        ownerFile = mkOption {
+          type = types.nullOr (types.strMatching "/.+");
+          default = null;
+          example = "/etc/ferry/owner.pub";
+          description = ''
+            A file holding the first owner's node id or `ssh-ed25519` public
+            key line. When set, a coordinator without a store is initialised
+            on its first start (`ferry coordinator init --owner`), so a new
+            host comes up serving; when `null`, run `ferry coordinator init`
+            by hand once. The owner is the root of the fleet's trust and is
+            fixed for the coordinator's life.
+          '';
+        };
+
         user = mkOption {
           type = types.str;
           default = "ferry";
@@ -261,6 +275,17 @@ in
                 # systemd expands it.
                 ++ lib.optional (c.keyFile != null) "--key-file %d/ferry-key"
                 ++ [ (escapeArgs c.extraArgs) ]
+              );
+
+              # First start only: the store marks an initialised coordinator.
+              ExecStartPre = lib.optional (c.ownerFile != null) (
+                pkgs.writeShellScript "ferry-coordinator-init" ''
+                  [ -e ${lib.escapeShellArg c.dataDir}/store/data.mdb ] && exit 0
+                  exec ${c.package}/bin/ferry coordinator init \
+                    --config ${c.configFile} --data-dir ${lib.escapeShellArg c.dataDir} \
+                    ${lib.optionalString (c.keyFile != null) ''--key-file "$CREDENTIALS_DIRECTORY/ferry-key"''} \
+                    --owner "$(cat ${lib.escapeShellArg c.ownerFile})"
+                ''
               );
 
               # systemd reads the key as root and hands the service a private

@@ -78,6 +78,7 @@ pkgs.stdenv.mkDerivation (_finalAttrs: {
     pkgs.msgpack-c
     pkgs.inih
     pkgs.jansson
+    pkgs.curl
     # tests/meson.build asks for cmocka unconditionally, so it is needed to
     # configure at all, not only when checks run: not a checkInput.
     pkgs.cmocka
