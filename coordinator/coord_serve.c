@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 /* One-at-a-time: uthash's default (Jenkins) falls through its switch, which
  * clang's -Wimplicit-fallthrough reports at every use. */
 #define HASH_FUNCTION(keyptr, keylen, hashv) HASH_OAT(keyptr, keylen, hashv)
@@ -11,6 +12,7 @@
 
 #include "base/buf.h"
 #include "base/cleanup.h"
+#include "coordinator/coord_rollout.h"
 #include "coordinator/coord_state.h"
 #include "fleet/trust.h"
 #include "node/node.h"
@@ -47,6 +49,12 @@ struct server {
   struct revoked *revoked; /* guarded by revoked_lock */
   uv_async_t revoked_async;
   uv_timer_t revoked_timer;
+  /* The rollout tick: on the thread pool, with a snapshot of who is online. */
+  uv_timer_t tick_timer;
+  uv_work_t tick_work;
+  bool ticking;
+  struct fy_nodeid *tick_online; /* sorted */
+  size_t tick_nonline;
   const struct fy_log *log;
   bool stopping;
   int closing;
@@ -174,6 +182,59 @@ static void on_revoked_timer(uv_timer_t *t) {
 
 static void changed(void *user) {
   fy_node_kick(user);
+}
+
+/* ---- rollouts ---------------------------------------------------------------------- */
+
+#define TICK_MS 500
+
+static int id_cmp(const void *a, const void *b) {
+  return memcmp(a, b, FY_NODEID_LEN);
+}
+
+static bool in_snapshot(const struct fy_nodeid *id, void *user) {
+  struct server *s = user;
+  return s->tick_nonline && bsearch(id, s->tick_online, s->tick_nonline, sizeof(*id), id_cmp) != NULL;
+}
+
+static void tick_work(uv_work_t *w) {
+  struct server *s = w->data;
+  struct fy_err err = {0};
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+  if (fy_coord_rollout_tick(&s->coord, now, in_snapshot, s, &err) < 0)
+    fy_warn(s->log, "rollout.tick", "reason", err.msg);
+}
+
+static void tick_done(uv_work_t *w, int status) {
+  (void)status;
+  struct server *s = w->data;
+  free(s->tick_online);
+  s->tick_online = NULL;
+  s->tick_nonline = 0;
+  s->ticking = false;
+}
+
+static void on_tick(uv_timer_t *t) {
+  struct server *s = t->data;
+  if (s->ticking || s->stopping)
+    return;
+  size_t n = HASH_COUNT(s->online), i = 0;
+  s->tick_online = malloc((n ? n : 1) * sizeof(*s->tick_online));
+  if (!s->tick_online)
+    return;
+  struct online *o, *tmp;
+  HASH_ITER(hh, s->online, o, tmp) {
+    s->tick_online[i++] = o->id;
+  }
+  if (n)
+    qsort(s->tick_online, n, sizeof(*s->tick_online), id_cmp);
+  s->tick_nonline = n;
+  s->ticking = true;
+  s->tick_work.data = s;
+  if (uv_queue_work(&s->loop, &s->tick_work, tick_work, tick_done) != 0)
+    tick_done(&s->tick_work, 0);
 }
 
 /* ---- unary calls ------------------------------------------------------------------ */
@@ -307,6 +368,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   fy_info(s->log, "coordinator.stop", "signal", signum == SIGINT ? "SIGINT" : "SIGTERM");
   uv_signal_stop(&s->sigint);
   uv_signal_stop(&s->sigterm);
+  uv_timer_stop(&s->tick_timer);
   s->closing++;
   fy_node_close(s->node, closed_one, s);
 }
@@ -348,7 +410,8 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
   uv_mutex_init(&s->revoked_lock);
   uv_async_init(&s->loop, &s->revoked_async, on_revoked_async);
   uv_timer_init(&s->loop, &s->revoked_timer);
-  s->revoked_async.data = s->revoked_timer.data = s;
+  uv_timer_init(&s->loop, &s->tick_timer);
+  s->revoked_async.data = s->revoked_timer.data = s->tick_timer.data = s;
   const struct fy_rpc_method methods[] = {
       {.name = "agent.enroll",
        .user = s,
@@ -363,14 +426,14 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
        .on_end = query_end,
        .on_cancel = unary_cancel},
   };
-  const struct fy_store_schema *schemas[] = {&fy_coord_schema};
+  const struct fy_store_schema *schemas[] = {&fy_coord_schema, &fy_coord_rollout_schema};
   struct fy_node_config ncfg = {
       .data_dir = cfg->data_dir,
       .key = cfg->key,
       .listen = cfg->listen,
       .accept = true,
       .schemas = schemas,
-      .nschemas = 1,
+      .nschemas = FY_ARRAY_LEN(schemas),
       .methods = methods,
       .nmethods = FY_ARRAY_LEN(methods),
       .keepalive_ms = cfg->keepalive_ms,
@@ -394,6 +457,8 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
     rc = fy_coord_check_store(&s->coord, err);
     if (rc == 0)
       rc = fy_coord_register(&s->coord, fy_node_inbox(s->node), err);
+    if (rc == 0)
+      rc = fy_coord_rollout_register(&s->coord, fy_node_inbox(s->node), err);
     if (rc < 0) {
       s->closing++;
       fy_node_close(s->node, closed_one, s);
@@ -406,6 +471,7 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
     s->sigint.data = s->sigterm.data = s;
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_timer_start(&s->tick_timer, on_tick, TICK_MS, TICK_MS);
     print_banner(s, cfg);
     fy_info(s->log, "coordinator.ready", "data_dir", cfg->data_dir);
   }
@@ -419,6 +485,7 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
     uv_run(&s->loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&s->revoked_async, NULL);
   uv_close((uv_handle_t *)&s->revoked_timer, NULL);
+  uv_close((uv_handle_t *)&s->tick_timer, NULL);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   while (s->revoked) {
     struct revoked *r = s->revoked;

@@ -9,7 +9,8 @@
 #include <time.h>
 
 #include "base/cleanup.h"
-#include "base/mpshape.h"
+#include "base/mpmap.h"
+#include "coordinator/coord_rollout.h"
 #include "fleet/facts.h"
 #include "fleet/labels.h"
 #include "fleet/ticket.h"
@@ -66,111 +67,19 @@ const char *fy_agent_status_name(enum fy_agent_status s) {
 
 /* ---- msgpack helpers ------------------------------------------------------------ */
 
-static int buf_write(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
+/* Requests come from the network, records from our own store; both are
+ * bounded the same way before msgpack-c sees them. */
+static int mp_map(struct fy_mpmap *m, const uint8_t *p, size_t n, const char *what, struct fy_err *err) {
+  return fy_mpmap_decode(m, p, n, 8, REQ_ELEMENTS_MAX, what, err);
 }
 
-static void pk_str(msgpack_packer *pk, const char *s) {
-  size_t n = strlen(s);
-  msgpack_pack_str_with_body(pk, s, n);
-}
-
-static void pk_kv_str(msgpack_packer *pk, const char *k, const char *v) {
-  pk_str(pk, k);
-  pk_str(pk, v);
-}
-
-static void pk_kv_u64(msgpack_packer *pk, const char *k, uint64_t v) {
-  pk_str(pk, k);
-  msgpack_pack_uint64(pk, v);
-}
-
-static void pk_kv_bin(msgpack_packer *pk, const char *k, const uint8_t *p, size_t n) {
-  pk_str(pk, k);
-  msgpack_pack_bin_with_body(pk, p, n);
-}
-
-static void pk_kv_bool(msgpack_packer *pk, const char *k, bool v) {
-  pk_str(pk, k);
-  if (v)
-    msgpack_pack_true(pk);
-  else
-    msgpack_pack_false(pk);
-}
-
-/* A decoded msgpack value and its zone. */
-struct mp {
-  msgpack_unpacked u;
-  bool live;
-};
-
-static void mp_free(struct mp *m) {
-  if (m->live)
-    msgpack_unpacked_destroy(&m->u);
-  m->live = false;
-}
-
-/* Decodes one map; untrusted bytes get the shape check first. */
-static int mp_map(struct mp *m, const uint8_t *p, size_t n, const char *what, struct fy_err *err) {
-  m->live = false;
-  int rc = fy_mpshape_check(p, n, 8, REQ_ELEMENTS_MAX, what, NULL, NULL, err);
-  if (rc < 0)
-    return rc;
-  msgpack_unpacked_init(&m->u);
-  m->live = true;
-  size_t off = 0;
-  if (msgpack_unpack_next(&m->u, (const char *)p, n, &off) != MSGPACK_UNPACK_SUCCESS ||
-      m->u.data.type != MSGPACK_OBJECT_MAP) {
-    mp_free(m);
-    return fy_err_set(err, FY_EINVAL, "%s: not a msgpack map", what);
-  }
-  return 0;
-}
-
-static const msgpack_object *mp_get(const msgpack_object *map, const char *key) {
-  size_t n = strlen(key);
-  for (uint32_t i = 0; i < map->via.map.size; i++) {
-    const msgpack_object *k = &map->via.map.ptr[i].key;
-    if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n && memcmp(k->via.str.ptr, key, n) == 0)
-      return &map->via.map.ptr[i].val;
-  }
-  return NULL;
-}
-
-static bool mp_str(const msgpack_object *map, const char *key, char *out, size_t size) {
-  const msgpack_object *o = mp_get(map, key);
-  out[0] = '\0';
-  if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size >= size)
-    return false;
-  memcpy(out, o->via.str.ptr, o->via.str.size);
-  out[o->via.str.size] = '\0';
-  return memchr(out, '\0', o->via.str.size) == NULL;
-}
-
-static bool mp_u64(const msgpack_object *map, const char *key, uint64_t *out) {
-  const msgpack_object *o = mp_get(map, key);
-  *out = 0;
-  if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-    return false;
-  *out = o->via.u64;
-  return true;
-}
-
-static bool mp_bin(const msgpack_object *map, const char *key, uint8_t *out, size_t n) {
-  const msgpack_object *o = mp_get(map, key);
-  if (!o || o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != n)
-    return false;
-  memcpy(out, o->via.bin.ptr, n);
-  return true;
-}
-
-static bool mp_bool(const msgpack_object *map, const char *key) {
-  const msgpack_object *o = mp_get(map, key);
-  return o && o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
+static bool mp_flag(const msgpack_object *map, const char *key) {
+  bool v;
+  return fy_mp_bool(map, key, &v) && v;
 }
 
 static int mp_labels(const msgpack_object *map, const char *key, struct fy_labels *out, struct fy_err *err) {
-  const msgpack_object *o = mp_get(map, key);
+  const msgpack_object *o = fy_mp_get(map, key);
   out->n = 0;
   if (!o)
     return 0;
@@ -208,17 +117,19 @@ static int get_admin(struct fy_txn *t, const struct fy_nodeid *key_in, struct fy
   int rc = fy_store_get(t, tb(t, T_ADMINS), ID_KEY(key), &v);
   if (rc != 1)
     return rc;
-  struct mp m;
+  struct fy_mpmap m;
   if (mp_map(&m, v.p, v.n, "admin record", NULL) < 0)
     return corrupt(t, "c.admins");
   memset(out, 0, sizeof(*out));
   out->key = *key;
   char role[16];
-  const msgpack_object *ts = mp_get(&m.u.data, "tenants");
+  const msgpack_object *ts = fy_mp_get(m.map, "tenants");
   rc = 1;
-  if (!mp_str(&m.u.data, "role", role, sizeof(role)) || fy_role_parse(role, &out->role, NULL) < 0 || !ts ||
-      ts->type != MSGPACK_OBJECT_ARRAY || ts->via.array.size > FY_ADMIN_TENANTS_MAX)
-    rc = corrupt(t, "c.admins");
+  if (!fy_mp_str(m.map, "role", role, sizeof(role)) || fy_role_parse(role, &out->role, NULL) < 0 || !ts ||
+      ts->type != MSGPACK_OBJECT_ARRAY || ts->via.array.size > FY_ADMIN_TENANTS_MAX) {
+    fy_mpmap_free(&m);
+    return corrupt(t, "c.admins");
+  }
   for (uint32_t i = 0; rc == 1 && i < ts->via.array.size; i++) {
     const msgpack_object *s = &ts->via.array.ptr[i];
     if (s->type != MSGPACK_OBJECT_STR || s->via.str.size > FY_TENANT_MAX) {
@@ -229,24 +140,24 @@ static int get_admin(struct fy_txn *t, const struct fy_nodeid *key_in, struct fy
     out->tenants[i][s->via.str.size] = '\0';
     out->ntenants++;
   }
-  out->root = mp_bool(&m.u.data, "root");
-  mp_free(&m);
+  out->root = mp_flag(m.map, "root");
+  fy_mpmap_free(&m);
   return rc;
 }
 
 static int put_admin(struct fy_txn *t, const struct fy_admin *a, uint64_t at, const struct fy_nodeid *by) {
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, buf_write);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   msgpack_pack_map(&pk, 5);
-  pk_kv_str(&pk, "role", fy_role_name(a->role));
-  pk_str(&pk, "tenants");
+  fy_mp_pack_kv_str(&pk, "role", fy_role_name(a->role));
+  fy_mp_pack_str(&pk, "tenants");
   msgpack_pack_array(&pk, a->ntenants);
   for (size_t i = 0; i < a->ntenants; i++)
-    pk_str(&pk, a->tenants[i]);
-  pk_kv_bool(&pk, "root", a->root);
-  pk_kv_u64(&pk, "at", at);
-  pk_kv_bin(&pk, "by", by->key, FY_NODEID_LEN);
+    fy_mp_pack_str(&pk, a->tenants[i]);
+  fy_mp_pack_kv_bool(&pk, "root", a->root);
+  fy_mp_pack_kv_u64(&pk, "at", at);
+  fy_mp_pack_kv_bin(&pk, "by", by->key, FY_NODEID_LEN);
   return fy_store_put(t, tb(t, T_ADMINS), ID_KEY(&a->key), fy_bytes_of(b.data, b.len));
 }
 
@@ -256,40 +167,40 @@ static int get_agent(struct fy_txn *t, const struct fy_nodeid *id, struct agent_
   int rc = fy_store_get(t, tb(t, T_AGENTS), ID_KEY(id), &v);
   if (rc != 1)
     return rc;
-  struct mp m;
+  struct fy_mpmap m;
   if (mp_map(&m, v.p, v.n, "agent record", NULL) < 0)
     return corrupt(t, "c.agents");
   uint64_t st;
-  if (!mp_u64(&m.u.data, "status", &st) || st < FY_AGENT_PENDING || st > FY_AGENT_REVOKED ||
-      mp_labels(&m.u.data, "labels", &out->labels, NULL) < 0) {
-    mp_free(&m);
+  if (!fy_mp_u64(m.map, "status", &st) || st < FY_AGENT_PENDING || st > FY_AGENT_REVOKED ||
+      mp_labels(m.map, "labels", &out->labels, NULL) < 0) {
+    fy_mpmap_free(&m);
     return corrupt(t, "c.agents");
   }
   out->status = (enum fy_agent_status)st;
-  mp_str(&m.u.data, "tenant", out->tenant, sizeof(out->tenant));
-  mp_str(&m.u.data, "host", out->hostname, sizeof(out->hostname));
-  mp_str(&m.u.data, "version", out->version, sizeof(out->version));
-  mp_u64(&m.u.data, "first", &out->first_seen);
-  mp_u64(&m.u.data, "seen", &out->last_seen);
-  mp_u64(&m.u.data, "enrolled", &out->enrolled_at);
-  mp_free(&m);
+  fy_mp_str(m.map, "tenant", out->tenant, sizeof(out->tenant));
+  fy_mp_str(m.map, "host", out->hostname, sizeof(out->hostname));
+  fy_mp_str(m.map, "version", out->version, sizeof(out->version));
+  fy_mp_u64(m.map, "first", &out->first_seen);
+  fy_mp_u64(m.map, "seen", &out->last_seen);
+  fy_mp_u64(m.map, "enrolled", &out->enrolled_at);
+  fy_mpmap_free(&m);
   return 1;
 }
 
 static int put_agent(struct fy_txn *t, const struct fy_nodeid *id, const struct agent_rec *a) {
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, buf_write);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   msgpack_pack_map(&pk, 8);
-  pk_kv_u64(&pk, "status", (uint64_t)a->status);
-  pk_kv_str(&pk, "tenant", a->tenant);
-  pk_str(&pk, "labels");
+  fy_mp_pack_kv_u64(&pk, "status", (uint64_t)a->status);
+  fy_mp_pack_kv_str(&pk, "tenant", a->tenant);
+  fy_mp_pack_str(&pk, "labels");
   fy_labels_pack(&a->labels, &pk);
-  pk_kv_u64(&pk, "first", a->first_seen);
-  pk_kv_u64(&pk, "seen", a->last_seen);
-  pk_kv_u64(&pk, "enrolled", a->enrolled_at);
-  pk_kv_str(&pk, "host", a->hostname);
-  pk_kv_str(&pk, "version", a->version);
+  fy_mp_pack_kv_u64(&pk, "first", a->first_seen);
+  fy_mp_pack_kv_u64(&pk, "seen", a->last_seen);
+  fy_mp_pack_kv_u64(&pk, "enrolled", a->enrolled_at);
+  fy_mp_pack_kv_str(&pk, "host", a->hostname);
+  fy_mp_pack_kv_str(&pk, "version", a->version);
   return fy_store_put(t, tb(t, T_AGENTS), ID_KEY(id), fy_bytes_of(b.data, b.len));
 }
 
@@ -299,41 +210,41 @@ static int get_ticket(struct fy_txn *t, const uint8_t hash[32], struct ticket_re
   int rc = fy_store_get(t, tb(t, T_TICKETS), fy_bytes_of(hash, 32), &v);
   if (rc != 1)
     return rc;
-  struct mp m;
+  struct fy_mpmap m;
   if (mp_map(&m, v.p, v.n, "ticket record", NULL) < 0)
     return corrupt(t, "c.tickets");
-  if (!mp_str(&m.u.data, "tenant", out->tenant, sizeof(out->tenant)) ||
-      mp_labels(&m.u.data, "labels", &out->labels, NULL) < 0) {
-    mp_free(&m);
+  if (!fy_mp_str(m.map, "tenant", out->tenant, sizeof(out->tenant)) ||
+      mp_labels(m.map, "labels", &out->labels, NULL) < 0) {
+    fy_mpmap_free(&m);
     return corrupt(t, "c.tickets");
   }
-  mp_u64(&m.u.data, "exp", &out->expires);
-  mp_u64(&m.u.data, "uses", &out->uses);
-  mp_u64(&m.u.data, "used", &out->used);
-  mp_u64(&m.u.data, "at", &out->at);
-  mp_bin(&m.u.data, "by", out->by.key, FY_NODEID_LEN);
-  out->revoked = mp_bool(&m.u.data, "revoked");
-  mp_free(&m);
+  fy_mp_u64(m.map, "exp", &out->expires);
+  fy_mp_u64(m.map, "uses", &out->uses);
+  fy_mp_u64(m.map, "used", &out->used);
+  fy_mp_u64(m.map, "at", &out->at);
+  fy_mp_bin(m.map, "by", out->by.key, FY_NODEID_LEN);
+  out->revoked = mp_flag(m.map, "revoked");
+  fy_mpmap_free(&m);
   return 1;
 }
 
 static void pack_ticket(msgpack_packer *pk, const struct ticket_rec *r) {
   msgpack_pack_map(pk, 8);
-  pk_kv_str(pk, "tenant", r->tenant);
-  pk_str(pk, "labels");
+  fy_mp_pack_kv_str(pk, "tenant", r->tenant);
+  fy_mp_pack_str(pk, "labels");
   fy_labels_pack(&r->labels, pk);
-  pk_kv_u64(pk, "exp", r->expires);
-  pk_kv_u64(pk, "uses", r->uses);
-  pk_kv_u64(pk, "used", r->used);
-  pk_kv_bool(pk, "revoked", r->revoked);
-  pk_kv_bin(pk, "by", r->by.key, FY_NODEID_LEN);
-  pk_kv_u64(pk, "at", r->at);
+  fy_mp_pack_kv_u64(pk, "exp", r->expires);
+  fy_mp_pack_kv_u64(pk, "uses", r->uses);
+  fy_mp_pack_kv_u64(pk, "used", r->used);
+  fy_mp_pack_kv_bool(pk, "revoked", r->revoked);
+  fy_mp_pack_kv_bin(pk, "by", r->by.key, FY_NODEID_LEN);
+  fy_mp_pack_kv_u64(pk, "at", r->at);
 }
 
 static int put_ticket(struct fy_txn *t, const uint8_t hash[32], const struct ticket_rec *r) {
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, buf_write);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   pack_ticket(&pk, r);
   return fy_store_put(t, tb(t, T_TICKETS), fy_bytes_of(hash, 32), fy_bytes_of(b.data, b.len));
 }
@@ -422,20 +333,20 @@ struct cmd_args {
 
 static int decode_args(const struct fy_cmd_body *b, struct cmd_args *out, struct fy_err *why) {
   memset(out, 0, sizeof(*out));
-  struct mp m;
+  struct fy_mpmap m;
   if (mp_map(&m, b->args, b->args_len, "args", why) < 0)
     return FY_EINVAL;
-  const msgpack_object *map = &m.u.data;
+  const msgpack_object *map = m.map;
   int rc = 0;
-  out->has_id = mp_bin(map, "id", out->id.key, FY_NODEID_LEN);
-  out->has_hash = mp_bin(map, "hash", out->hash, 32);
-  out->has_ticket_id = mp_str(map, "id", out->ticket_id, sizeof(out->ticket_id));
-  out->has_labels = mp_get(map, "labels") != NULL;
+  out->has_id = fy_mp_bin(map, "id", out->id.key, FY_NODEID_LEN);
+  out->has_hash = fy_mp_bin(map, "hash", out->hash, 32);
+  out->has_ticket_id = fy_mp_str(map, "id", out->ticket_id, sizeof(out->ticket_id));
+  out->has_labels = fy_mp_get(map, "labels") != NULL;
   if (out->has_labels && mp_labels(map, "labels", &out->labels, why) < 0)
     rc = FY_EINVAL;
-  mp_u64(map, "expires", &out->expires);
-  mp_u64(map, "uses", &out->uses);
-  mp_free(&m);
+  fy_mp_u64(map, "expires", &out->expires);
+  fy_mp_u64(map, "uses", &out->uses);
+  fy_mpmap_free(&m);
   return rc;
 }
 
@@ -630,16 +541,16 @@ static int record_result(struct fy_txn *t, const uint8_t *env, size_t len, const
   fy_envelope_id(env, len, id);
   FY_AUTOBUF struct fy_buf buf = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &buf, buf_write);
+  msgpack_packer_init(&pk, &buf, fy_mp_buf_write);
   msgpack_pack_map(&pk, decoded ? 7 : 4);
-  pk_kv_bool(&pk, "ok", r == FY_CMD_OK);
-  pk_kv_str(&pk, "code", fy_cmd_refusal_name(r));
-  pk_kv_str(&pk, "message", message);
-  pk_kv_u64(&pk, "at", now);
+  fy_mp_pack_kv_bool(&pk, "ok", r == FY_CMD_OK);
+  fy_mp_pack_kv_str(&pk, "code", fy_cmd_refusal_name(r));
+  fy_mp_pack_kv_str(&pk, "message", message);
+  fy_mp_pack_kv_u64(&pk, "at", now);
   if (decoded) {
-    pk_kv_str(&pk, "cmd", b->cmd);
-    pk_kv_bin(&pk, "issuer", b->issuer.key, FY_NODEID_LEN);
-    pk_kv_u64(&pk, "seq", b->seq);
+    fy_mp_pack_kv_str(&pk, "cmd", b->cmd);
+    fy_mp_pack_kv_bin(&pk, "issuer", b->issuer.key, FY_NODEID_LEN);
+    fy_mp_pack_kv_u64(&pk, "seq", b->seq);
   }
   return fy_store_put(t, tb(t, T_RESULTS), fy_bytes_of(id, sizeof(id)), fy_bytes_of(buf.data, buf.len));
 }
@@ -693,8 +604,10 @@ int fy_coord_apply(struct fy_coord *c, struct fy_txn *t, const uint8_t *env, siz
         r = FY_CMD_INVALID_ARGS;
       else if (strncmp(b.cmd, "agents.", 7) == 0)
         rc = apply_agents(c, t, &b, &a, now_ms, &r, why);
-      else
+      else if (strncmp(b.cmd, "enroll.", 7) == 0)
         rc = apply_enroll(t, &b, &a, now_ms, &r, why);
+      else
+        rc = fy_coord_rollout_apply(c, t, &b, now_ms, &r, why);
     }
     if (rc < 0)
       return rc;
@@ -827,14 +740,14 @@ static int pack_roots_and_statements(struct fy_txn *t, msgpack_packer *pk) {
   fy_cursor_close(cur);
   if (rc < 0)
     return rc;
-  pk_str(pk, "roots");
+  fy_mp_pack_str(pk, "roots");
   msgpack_pack_array(pk, nroots);
   for (size_t i = 0; i < nroots; i++)
     msgpack_pack_bin_with_body(pk, roots[i].key, FY_NODEID_LEN);
   uint64_t n;
   if ((rc = fy_store_count(t, tb(t, T_STATEMENTS), &n)) < 0)
     return rc;
-  pk_str(pk, "statements");
+  fy_mp_pack_str(pk, "statements");
   msgpack_pack_array(pk, (uint32_t)n);
   if ((rc = fy_cursor_open(t, tb(t, T_STATEMENTS), fy_bytes_of(NULL, 0), &cur)) < 0)
     return rc;
@@ -904,13 +817,13 @@ static int enroll_body(struct fy_txn *t, void *user) {
     memcpy(latest + 8, e->facts, e->facts_len);
   }
   msgpack_packer pk;
-  msgpack_packer_init(&pk, e->reply, buf_write);
+  msgpack_packer_init(&pk, e->reply, fy_mp_buf_write);
   bool enrolled = rec.status == FY_AGENT_ENROLLED;
   msgpack_pack_map(&pk, enrolled ? 5 : 1);
-  pk_kv_str(&pk, "status", fy_agent_status_name(rec.status));
+  fy_mp_pack_kv_str(&pk, "status", fy_agent_status_name(rec.status));
   if (enrolled) {
-    pk_kv_str(&pk, "tenant", rec.tenant);
-    pk_str(&pk, "labels");
+    fy_mp_pack_kv_str(&pk, "tenant", rec.tenant);
+    fy_mp_pack_str(&pk, "labels");
     fy_labels_pack(&rec.labels, &pk);
     if ((rc = pack_roots_and_statements(t, &pk)) < 0)
       return rc;
@@ -921,13 +834,13 @@ static int enroll_body(struct fy_txn *t, void *user) {
 int fy_coord_enroll(struct fy_coord *c, const struct fy_nodeid *agent, const uint8_t *req, size_t len,
                     struct fy_buf *reply, struct fy_err *err) {
   struct enroll e = {.c = c, .agent = agent, .reply = reply, .now = now_of(c)};
-  struct mp m;
+  struct fy_mpmap m;
   int rc = mp_map(&m, req, len, "enroll request", err);
   if (rc < 0)
     return rc;
-  const msgpack_object *s = mp_get(&m.u.data, "secret"), *facts = mp_get(&m.u.data, "facts");
+  const msgpack_object *s = fy_mp_get(m.map, "secret"), *facts = fy_mp_get(m.map, "facts");
   if (s && (s->type != MSGPACK_OBJECT_BIN || s->via.bin.size != 32)) {
-    mp_free(&m);
+    fy_mpmap_free(&m);
     return fy_err_set(err, FY_EINVAL, "enroll request: secret is not 32 bytes of bin");
   }
   if (s) {
@@ -947,7 +860,7 @@ int fy_coord_enroll(struct fy_coord *c, const struct fy_nodeid *agent, const uin
       rc = fy_facts_encode(&e.f, &fb, err);
     msgpack_sbuffer_destroy(&sb);
     if (rc < 0) {
-      mp_free(&m);
+      fy_mpmap_free(&m);
       sodium_memzero(e.secret, sizeof(e.secret));
       return fy_err_prefix(err, "enroll request: facts");
     }
@@ -955,7 +868,7 @@ int fy_coord_enroll(struct fy_coord *c, const struct fy_nodeid *agent, const uin
     e.facts = fb.data;
     e.facts_len = fb.len;
   }
-  mp_free(&m);
+  fy_mpmap_free(&m);
   rc = fy_store_write(c->store, enroll_body, &e, err);
   sodium_memzero(e.secret, sizeof(e.secret));
   return rc < 0 ? rc : 0;
@@ -983,16 +896,16 @@ static bool visible_agent(const struct fy_admin *caller, const struct agent_rec 
 static void pack_agent(struct query *q, const struct fy_nodeid *id, const struct agent_rec *a) {
   msgpack_packer *pk = &q->pk;
   msgpack_pack_map(pk, 9);
-  pk_kv_bin(pk, "id", id->key, FY_NODEID_LEN);
-  pk_kv_str(pk, "status", fy_agent_status_name(a->status));
-  pk_kv_str(pk, "tenant", a->tenant);
-  pk_str(pk, "labels");
+  fy_mp_pack_kv_bin(pk, "id", id->key, FY_NODEID_LEN);
+  fy_mp_pack_kv_str(pk, "status", fy_agent_status_name(a->status));
+  fy_mp_pack_kv_str(pk, "tenant", a->tenant);
+  fy_mp_pack_str(pk, "labels");
   fy_labels_pack(&a->labels, pk);
-  pk_kv_str(pk, "hostname", a->hostname);
-  pk_kv_str(pk, "version", a->version);
-  pk_kv_bool(pk, "online", q->c->online && q->c->online(id, q->c->online_user));
-  pk_kv_u64(pk, "last_seen", a->last_seen);
-  pk_kv_u64(pk, "enrolled_at", a->enrolled_at);
+  fy_mp_pack_kv_str(pk, "hostname", a->hostname);
+  fy_mp_pack_kv_str(pk, "version", a->version);
+  fy_mp_pack_kv_bool(pk, "online", q->c->online && q->c->online(id, q->c->online_user));
+  fy_mp_pack_kv_u64(pk, "last_seen", a->last_seen);
+  fy_mp_pack_kv_u64(pk, "enrolled_at", a->enrolled_at);
 }
 
 static int q_agents(struct fy_txn *t, struct query *q) {
@@ -1015,7 +928,7 @@ static int q_agents(struct fy_txn *t, struct query *q) {
   if (rc < 0 || (rc = fy_cursor_open(t, tb(t, T_AGENTS), fy_bytes_of(NULL, 0), &cur)) < 0)
     return rc;
   msgpack_pack_map(&q->pk, 1);
-  pk_str(&q->pk, "agents");
+  fy_mp_pack_str(&q->pk, "agents");
   msgpack_pack_array(&q->pk, n);
   while (n && (rc = fy_cursor_next(cur, &k, NULL)) == 1) {
     memcpy(id.key, k.p, FY_NODEID_LEN);
@@ -1071,19 +984,19 @@ static int q_agent(struct fy_txn *t, struct query *q) {
     return fy_err_set(fy_txn_err(t), FY_ENOENT, "no agent %s", q->id_prefix);
   }
   msgpack_pack_map(&q->pk, 4);
-  pk_str(&q->pk, "agent");
+  fy_mp_pack_str(&q->pk, "agent");
   pack_agent(q, &match, &a);
   struct fy_bytes v;
   if ((rc = fy_store_get(t, tb(t, T_FACTS), ID_KEY(&match), &v)) < 0)
     return rc;
-  pk_str(&q->pk, "facts");
+  fy_mp_pack_str(&q->pk, "facts");
   /* The stored facts are one msgpack map: write them as they are. */
   if (rc == 1 && v.n > 8) {
     q->pk.callback(q->pk.data, (const char *)v.p + 8, v.n - 8);
   } else {
     msgpack_pack_map(&q->pk, 0);
   }
-  pk_kv_u64(&q->pk, "facts_at", rc == 1 && v.n >= 8 ? fy_be64_get(v.p) : 0);
+  fy_mp_pack_kv_u64(&q->pk, "facts_at", rc == 1 && v.n >= 8 ? fy_be64_get(v.p) : 0);
   if ((rc = fy_cursor_open(t, tb(t, T_HISTORY), ID_KEY(&match), &cur)) < 0)
     return rc;
   uint32_t n = 0;
@@ -1092,12 +1005,12 @@ static int q_agent(struct fy_txn *t, struct query *q) {
   fy_cursor_close(cur);
   if (rc < 0 || (rc = fy_cursor_open(t, tb(t, T_HISTORY), ID_KEY(&match), &cur)) < 0)
     return rc;
-  pk_str(&q->pk, "history");
+  fy_mp_pack_str(&q->pk, "history");
   msgpack_pack_array(&q->pk, n);
   while (n-- && (rc = fy_cursor_next(cur, &k, &v)) == 1) {
     msgpack_pack_map(&q->pk, 2);
-    pk_kv_u64(&q->pk, "at", k.n == FY_NODEID_LEN + 8 ? fy_be64_get(k.p + FY_NODEID_LEN) : 0);
-    pk_str(&q->pk, "facts");
+    fy_mp_pack_kv_u64(&q->pk, "at", k.n == FY_NODEID_LEN + 8 ? fy_be64_get(k.p + FY_NODEID_LEN) : 0);
+    fy_mp_pack_str(&q->pk, "facts");
     q->pk.callback(q->pk.data, (const char *)v.p, v.n);
   }
   fy_cursor_close(cur);
@@ -1113,7 +1026,7 @@ static int q_admins(struct fy_txn *t, struct query *q) {
   if ((rc = fy_cursor_open(t, tb(t, T_ADMINS), fy_bytes_of(NULL, 0), &cur)) < 0)
     return rc;
   msgpack_pack_map(&q->pk, 1);
-  pk_str(&q->pk, "admins");
+  fy_mp_pack_str(&q->pk, "admins");
   msgpack_pack_array(&q->pk, (uint32_t)n);
   struct fy_bytes k;
   while (n-- && (rc = fy_cursor_next(cur, &k, NULL)) == 1) {
@@ -1123,13 +1036,13 @@ static int q_admins(struct fy_txn *t, struct query *q) {
     if ((rc = get_admin(t, &id, &a)) < 0)
       break;
     msgpack_pack_map(&q->pk, 4);
-    pk_kv_bin(&q->pk, "key", id.key, FY_NODEID_LEN);
-    pk_kv_str(&q->pk, "role", fy_role_name(a.role));
-    pk_str(&q->pk, "tenants");
+    fy_mp_pack_kv_bin(&q->pk, "key", id.key, FY_NODEID_LEN);
+    fy_mp_pack_kv_str(&q->pk, "role", fy_role_name(a.role));
+    fy_mp_pack_str(&q->pk, "tenants");
     msgpack_pack_array(&q->pk, a.ntenants);
     for (size_t i = 0; i < a.ntenants; i++)
-      pk_str(&q->pk, a.tenants[i]);
-    pk_kv_bool(&q->pk, "root", a.root);
+      fy_mp_pack_str(&q->pk, a.tenants[i]);
+    fy_mp_pack_kv_bool(&q->pk, "root", a.root);
   }
   fy_cursor_close(cur);
   return rc < 0 ? rc : 0;
@@ -1146,7 +1059,7 @@ static int q_tickets(struct fy_txn *t, struct query *q) {
       return rc;
     if (pass == 1) {
       msgpack_pack_map(&q->pk, 1);
-      pk_str(&q->pk, "tickets");
+      fy_mp_pack_str(&q->pk, "tickets");
       msgpack_pack_array(&q->pk, n);
     }
     while ((rc = fy_cursor_next(cur, &k, NULL)) == 1) {
@@ -1161,16 +1074,16 @@ static int q_tickets(struct fy_txn *t, struct query *q) {
       char id[17];
       sodium_bin2hex(id, sizeof(id), k.p, 8);
       msgpack_pack_map(&q->pk, 9);
-      pk_kv_str(&q->pk, "id", id);
-      pk_kv_str(&q->pk, "tenant", r.tenant);
-      pk_str(&q->pk, "labels");
+      fy_mp_pack_kv_str(&q->pk, "id", id);
+      fy_mp_pack_kv_str(&q->pk, "tenant", r.tenant);
+      fy_mp_pack_str(&q->pk, "labels");
       fy_labels_pack(&r.labels, &q->pk);
-      pk_kv_u64(&q->pk, "expires", r.expires);
-      pk_kv_u64(&q->pk, "uses", r.uses);
-      pk_kv_u64(&q->pk, "used", r.used);
-      pk_kv_bool(&q->pk, "revoked", r.revoked);
-      pk_kv_bin(&q->pk, "by", r.by.key, FY_NODEID_LEN);
-      pk_kv_u64(&q->pk, "at", r.at);
+      fy_mp_pack_kv_u64(&q->pk, "expires", r.expires);
+      fy_mp_pack_kv_u64(&q->pk, "uses", r.uses);
+      fy_mp_pack_kv_u64(&q->pk, "used", r.used);
+      fy_mp_pack_kv_bool(&q->pk, "revoked", r.revoked);
+      fy_mp_pack_kv_bin(&q->pk, "by", r.by.key, FY_NODEID_LEN);
+      fy_mp_pack_kv_u64(&q->pk, "at", r.at);
     }
     fy_cursor_close(cur);
     if (rc < 0)
@@ -1205,26 +1118,26 @@ static int q_status(struct fy_txn *t, struct query *q) {
     return rc;
   msgpack_packer *pk = &q->pk;
   msgpack_pack_map(pk, 6);
-  pk_kv_bin(pk, "coordinator", q->c->id.key, FY_NODEID_LEN);
-  pk_str(pk, "addrs");
+  fy_mp_pack_kv_bin(pk, "coordinator", q->c->id.key, FY_NODEID_LEN);
+  fy_mp_pack_str(pk, "addrs");
   msgpack_pack_array(pk, q->c->naddrs);
   for (size_t i = 0; i < q->c->naddrs; i++)
-    pk_str(pk, q->c->addrs[i]);
-  pk_kv_str(pk, "version", FY_VERSION);
-  pk_kv_u64(pk, "now", now_of(q->c));
-  pk_str(pk, "you");
+    fy_mp_pack_str(pk, q->c->addrs[i]);
+  fy_mp_pack_kv_str(pk, "version", FY_VERSION);
+  fy_mp_pack_kv_u64(pk, "now", now_of(q->c));
+  fy_mp_pack_str(pk, "you");
   msgpack_pack_map(pk, 2);
-  pk_kv_str(pk, "role", fy_role_name(q->caller.role));
-  pk_str(pk, "tenants");
+  fy_mp_pack_kv_str(pk, "role", fy_role_name(q->caller.role));
+  fy_mp_pack_str(pk, "tenants");
   msgpack_pack_array(pk, q->caller.ntenants);
   for (size_t i = 0; i < q->caller.ntenants; i++)
-    pk_str(pk, q->caller.tenants[i]);
-  pk_str(pk, "agents");
+    fy_mp_pack_str(pk, q->caller.tenants[i]);
+  fy_mp_pack_str(pk, "agents");
   msgpack_pack_map(pk, 4);
-  pk_kv_u64(pk, "enrolled", n.enrolled);
-  pk_kv_u64(pk, "pending", n.pending);
-  pk_kv_u64(pk, "revoked", n.revoked);
-  pk_kv_u64(pk, "online", online);
+  fy_mp_pack_kv_u64(pk, "enrolled", n.enrolled);
+  fy_mp_pack_kv_u64(pk, "pending", n.pending);
+  fy_mp_pack_kv_u64(pk, "revoked", n.revoked);
+  fy_mp_pack_kv_u64(pk, "online", online);
   return 0;
 }
 
@@ -1262,6 +1175,8 @@ static int query_body(struct fy_txn *t, void *user) {
     return q_admins(t, q);
   if (strcmp(q->q, "tickets") == 0)
     return q_tickets(t, q);
+  if ((rc = fy_coord_rollout_query(t, &q->caller, q->q, q->id_prefix, &q->pk, &q->rpc_code)) != 0)
+    return rc < 0 ? rc : 0;
   if (strcmp(q->q, "result") == 0) {
     if (!q->has_result_id) {
       q->rpc_code = FY_RPC_INVALID_ARGUMENT;
@@ -1278,19 +1193,19 @@ int fy_coord_query(struct fy_coord *c, const struct fy_nodeid *caller, const uin
   struct query q = {.c = c, .rpc_code = FY_RPC_INTERNAL};
   q.caller.key = *caller;
   *rpc_code = FY_RPC_INVALID_ARGUMENT;
-  struct mp m;
+  struct fy_mpmap m;
   int rc = mp_map(&m, req, len, "query", err);
   if (rc < 0)
     return rc;
-  if (!mp_str(&m.u.data, "q", q.q, sizeof(q.q))) {
-    mp_free(&m);
+  if (!fy_mp_str(m.map, "q", q.q, sizeof(q.q))) {
+    fy_mpmap_free(&m);
     return fy_err_set(err, FY_EINVAL, "query: q (a string) is missing");
   }
-  mp_str(&m.u.data, "id", q.id_prefix, sizeof(q.id_prefix));
-  q.has_result_id = mp_bin(&m.u.data, "id", q.result_id, 32);
-  mp_free(&m);
+  fy_mp_str(m.map, "id", q.id_prefix, sizeof(q.id_prefix));
+  q.has_result_id = fy_mp_bin(m.map, "id", q.result_id, 32);
+  fy_mpmap_free(&m);
   reply->len = 0;
-  msgpack_packer_init(&q.pk, reply, buf_write);
+  msgpack_packer_init(&q.pk, reply, fy_mp_buf_write);
   rc = fy_store_read(c->store, query_body, &q, err);
   if (rc < 0)
     *rpc_code = q.rpc_code;
@@ -1335,6 +1250,30 @@ static int counts_body(struct fy_txn *t, void *user) {
   }
   fy_cursor_close(cur);
   return rc < 0 ? rc : 0;
+}
+
+int fy_coord_each_agent(struct fy_txn *t,
+                        int (*fn)(const struct fy_nodeid *id, const struct fy_coord_agent *a, void *user),
+                        void *user) {
+  struct fy_cursor *cur;
+  int rc = fy_cursor_open(t, tb(t, T_AGENTS), fy_bytes_of(NULL, 0), &cur);
+  if (rc < 0)
+    return rc;
+  struct fy_bytes k;
+  while ((rc = fy_cursor_next(cur, &k, NULL)) == 1) {
+    struct fy_nodeid id;
+    struct agent_rec r;
+    memcpy(id.key, k.p, FY_NODEID_LEN);
+    if ((rc = get_agent(t, &id, &r)) < 0)
+      break;
+    struct fy_coord_agent a = {.status = r.status, .labels = r.labels};
+    snprintf(a.tenant, sizeof(a.tenant), "%s", r.tenant);
+    snprintf(a.version, sizeof(a.version), "%s", r.version);
+    if ((rc = fn(&id, &a, user)) != 0)
+      break;
+  }
+  fy_cursor_close(cur);
+  return rc;
 }
 
 int fy_coord_counts(struct fy_coord *c, struct fy_coord_counts *out, struct fy_err *err) {

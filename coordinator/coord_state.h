@@ -24,6 +24,8 @@
 #include "base/log.h"
 #include "crypto/nodeid.h"
 #include "fleet/envelope.h"
+#include "fleet/facts.h"
+#include "fleet/labels.h"
 #include "outbox/inbox.h"
 #include "outbox/outbox.h"
 #include "store/store.h"
@@ -94,6 +96,19 @@ int fy_coord_query(struct fy_coord *c, const struct fy_nodeid *caller, const uin
 
 /* The agent's status (a read snapshot); FY_AGENT_UNKNOWN when never seen. */
 enum fy_agent_status fy_coord_agent_status(struct fy_coord *c, const struct fy_nodeid *agent);
+
+/* What other coordinator modules (rollouts) read of an agent. */
+struct fy_coord_agent {
+  enum fy_agent_status status;
+  char tenant[FY_TENANT_MAX + 1];
+  struct fy_labels labels;
+  char version[FY_FACTS_VERSION_MAX + 1]; /* from its latest facts */
+};
+/* Calls fn for every agent inside t, in node id order; stops at fn's first
+ * non-zero return and returns it. */
+int fy_coord_each_agent(struct fy_txn *t,
+                        int (*fn)(const struct fy_nodeid *id, const struct fy_coord_agent *a, void *user),
+                        void *user);
 
 /* Counts for the start-up line and status. */
 struct fy_coord_counts {

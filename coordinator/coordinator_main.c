@@ -29,12 +29,13 @@
 /* init and serve read the same file, which is strict about unknown keys:
  * so both declare every key. */
 #define SERVE_KEYS                                                                                           \
-  COMMON_KEYS, {.name = "keepalive",                                                                         \
-                .type = FY_CFG_DURATION,                                                                     \
-                .def = "0",                                                                                  \
-                .min = 0,                                                                                    \
-                .max = 3600000,                                                                              \
-                .help = "keep-alive probes on idle connections (0: the agents keep them alive)"},            \
+  COMMON_KEYS,                                                                                               \
+      {.name = "keepalive",                                                                                  \
+       .type = FY_CFG_DURATION,                                                                              \
+       .def = "0",                                                                                           \
+       .min = 0,                                                                                             \
+       .max = 3600000,                                                                                       \
+       .help = "keep-alive probes on idle connections (0: the agents keep them alive)"},                     \
   {                                                                                                          \
     .name = "idle_timeout", .type = FY_CFG_DURATION, .def = "60s", .min = 1000, .max = 3600000,              \
     .help = "close connections silent for this long"                                                         \

@@ -68,6 +68,7 @@ owner_id=$("$ferry" key show --id "$tmp/owner.key" 2>/dev/null)
 coord_pid=""
 coord_listen=127.0.0.1:0
 start_coordinator() {
+  rm -f "$tmp/coord.out" # the previous run's lines must not count as this one's
   "$ferry" coordinator --data-dir "$tmp/coord" --listen "$coord_listen" >"$tmp/coord.out" 2>>"$tmp/coord.log" &
   coord_pid=$!
   pids+=("$coord_pid")

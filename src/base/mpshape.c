@@ -9,8 +9,19 @@ static uint64_t be(const uint8_t *p, size_t n) {
   return v;
 }
 
+/* Without a naming function, every position is called by the unit's name. */
+static const char *name_by_unit(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
+  (void)pos;
+  snprintf(out, size, "%s", (const char *)user);
+  return out;
+}
+
 int fy_mpshape_check(const uint8_t *p, size_t len, size_t max_depth, size_t max_elements, const char *unit,
                      fy_mpshape_name_fn name, const void *user, struct fy_err *err) {
+  if (!name) {
+    name = name_by_unit;
+    user = unit;
+  }
   if (max_depth > FY_MPSHAPE_DEPTH_MAX)
     max_depth = FY_MPSHAPE_DEPTH_MAX;
   size_t left[FY_MPSHAPE_DEPTH_MAX]; /* elements still to come in each open container */

@@ -29,8 +29,8 @@ struct fy_mpshape_pos {
 typedef const char *(*fy_mpshape_name_fn)(const struct fy_mpshape_pos *pos, char *out, size_t size,
                                           const void *user);
 
-/* 0, or FY_EINVAL with a message that starts with name(position) and names
- * the offset. unit names the whole in the element-count message ("frame"). */
+/* 0, or FY_EINVAL with a message that starts with name(position) (or unit,
+ * when name is NULL) and names the offset. unit names the whole in the element-count message ("frame"). */
 int fy_mpshape_check(const uint8_t *p, size_t len, size_t max_depth, size_t max_elements, const char *unit,
                      fy_mpshape_name_fn name, const void *user, struct fy_err *err);
 

@@ -379,6 +379,8 @@ const char *fy_cmd_refusal_name(enum fy_cmd_refusal r) {
       [FY_CMD_INVALID_ARGS] = "invalid_args",
       [FY_CMD_NOT_FOUND] = "not_found",
       [FY_CMD_CONFLICT] = "conflict",
+      [FY_CMD_INCOMPATIBLE] = "incompatible",
+      [FY_CMD_DOWNGRADE] = "downgrade",
   };
   if ((unsigned)r >= FY_ARRAY_LEN(names))
     return "unknown";

@@ -97,6 +97,8 @@ enum fy_cmd_refusal {
   FY_CMD_INVALID_ARGS,
   FY_CMD_NOT_FOUND,
   FY_CMD_CONFLICT,
+  FY_CMD_INCOMPATIBLE, /* an artifact manifest is not for this machine's hardware (proto/manifest.md) */
+  FY_CMD_DOWNGRADE,    /* an artifact manifest would downgrade without allowing it */
 };
 
 /* "ok", "malformed", "bad_signature", ...: stable strings for the wire and

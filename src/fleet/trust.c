@@ -103,6 +103,10 @@ static const struct {
     {"admin.set", FY_ROLE_OWNER},         {"admin.remove", FY_ROLE_OWNER},
     {"agents.approve", FY_ROLE_OPERATOR}, {"agents.revoke", FY_ROLE_OPERATOR},
     {"enroll.create", FY_ROLE_OPERATOR},  {"enroll.revoke", FY_ROLE_OPERATOR},
+    {"artifact.add", FY_ROLE_OPERATOR},   {"rollout.create", FY_ROLE_OPERATOR},
+    {"rollout.start", FY_ROLE_OPERATOR},  {"rollout.pause", FY_ROLE_OPERATOR},
+    {"rollout.resume", FY_ROLE_OPERATOR}, {"rollout.abort", FY_ROLE_OPERATOR},
+    {"rollout.retry", FY_ROLE_OPERATOR},
 };
 
 enum fy_role fy_cmd_required_role(const char *cmd) {
@@ -377,7 +381,8 @@ enum fy_cmd_refusal fy_trust_apply(struct fy_trust *t, const uint8_t *env, size_
       !(issuer = slot_for_one_more((void **)&t->issuers, t->nissuers, &t->icap, sizeof(*issuer), err)))
     return FY_CMD_MALFORMED;
   struct fy_admin *slot = target;
-  if (set && !slot && !(slot = slot_for_one_more((void **)&t->admins, t->nadmins, &t->cap, sizeof(*slot), err)))
+  if (set && !slot &&
+      !(slot = slot_for_one_more((void **)&t->admins, t->nadmins, &t->cap, sizeof(*slot), err)))
     return FY_CMD_MALFORMED;
   if (!is) {
     t->nissuers++;

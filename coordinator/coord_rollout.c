@@ -1,0 +1,869 @@
+#include "coordinator/coord_rollout.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cleanup.h"
+#include "base/mpmap.h"
+#include "fleet/manifest.h"
+#include "rpc/frame.h"
+
+/* Tables:
+ *   r.artifacts  tenant 0 name 0 version      -> manifest envelope
+ *   r.rollouts   id                           -> rollout record
+ *   r.targets    id 0 agent(32)               -> {wave, state, at, sent, msg}
+ *   r.reports    agent(32) be64 at be32 n     -> a report as the agent sent it */
+enum { T_ARTIFACTS, T_ROLLOUTS, T_TARGETS, T_REPORTS, T_N };
+static const struct fy_store_table_def tables[T_N] = {
+    [T_ARTIFACTS] = {"r.artifacts", 0},
+    [T_ROLLOUTS] = {"r.rollouts", 0},
+    [T_TARGETS] = {"r.targets", 0},
+    [T_REPORTS] = {"r.reports", 0},
+};
+const struct fy_store_schema fy_coord_rollout_schema = {"rollouts", tables, T_N, NULL, 0};
+
+#define RECORD_ELEMENTS_MAX 4096
+#define KEY_MAX 256
+
+static struct fy_table *tb(struct fy_txn *t, int which) {
+  return fy_txn_table(t, &tables[which]);
+}
+
+struct rollout_rec {
+  char id[FY_ROLLOUT_ID_MAX + 1];
+  char tenant[FY_TENANT_MAX + 1];
+  char name[FY_MANIFEST_NAME_MAX + 1];
+  char version[FY_SEMVER_TEXT_MAX + 1];
+  struct fy_labels selector;
+  char waves[128];
+  struct fy_rollout_policy policy;
+  enum fy_rollout_state state;
+  uint32_t wave, nwaves;
+  uint64_t wave_started_at, created_at;
+  struct fy_nodeid by;
+  char reason[256];
+};
+
+struct target_rec {
+  uint32_t wave;
+  enum fy_target_state state;
+  uint64_t at, sent;
+  char msg[256];
+};
+
+/* ---- keys and records ------------------------------------------------------------ */
+
+static size_t artifact_key(uint8_t *out, const char *tenant, const char *name, const char *version) {
+  int n = snprintf((char *)out, KEY_MAX, "%s%c%s%c%s", tenant, 0, name, 0, version);
+  return n < 0 ? 0 : (size_t)n;
+}
+
+static size_t target_key(uint8_t *out, const char *id, const struct fy_nodeid *agent) {
+  size_t n = strlen(id);
+  memcpy(out, id, n);
+  out[n] = 0;
+  memcpy(out + n + 1, agent->key, FY_NODEID_LEN);
+  return n + 1 + FY_NODEID_LEN;
+}
+
+static int corrupt(struct fy_txn *t, const char *table) {
+  return fy_err_set(fy_txn_err(t), FY_EIO, "store: a damaged record in %s", table);
+}
+
+static void pack_policy(msgpack_packer *pk, const struct fy_rollout_policy *p) {
+  msgpack_pack_map(pk, 6);
+  fy_mp_pack_kv_u64(pk, "grace_ms", p->grace_ms);
+  fy_mp_pack_kv_u64(pk, "min_success_permille", p->min_success_permille);
+  fy_mp_pack_kv_u64(pk, "max_failures", p->max_failures);
+  fy_mp_pack_kv_bool(pk, "skip_offline", p->skip_offline);
+  fy_mp_pack_kv_bool(pk, "abort_on_zero", p->abort_on_zero_eligible);
+  fy_mp_pack_kv_u64(pk, "action_timeout_ms", p->action_timeout_ms);
+}
+
+/* Absent keys keep p's values (the defaults). */
+static int unpack_policy(const msgpack_object *o, struct fy_rollout_policy *p, struct fy_err *err) {
+  if (o->type != MSGPACK_OBJECT_MAP)
+    return fy_err_set(err, FY_EINVAL, "policy is not a map");
+  uint64_t v;
+  bool b;
+  if (fy_mp_u64(o, "grace_ms", &v))
+    p->grace_ms = v;
+  if (fy_mp_u64(o, "min_success_permille", &v)) {
+    if (v > FY_PERMILLE)
+      return fy_err_set(err, FY_EINVAL, "policy: min_success_permille %" PRIu64 " is above 1000", v);
+    p->min_success_permille = (uint32_t)v;
+  }
+  if (fy_mp_u64(o, "max_failures", &v))
+    p->max_failures = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+  if (fy_mp_bool(o, "skip_offline", &b))
+    p->skip_offline = b;
+  if (fy_mp_bool(o, "abort_on_zero", &b))
+    p->abort_on_zero_eligible = b;
+  if (fy_mp_u64(o, "action_timeout_ms", &v))
+    p->action_timeout_ms = v;
+  return 0;
+}
+
+static int put_rollout(struct fy_txn *t, const struct rollout_rec *r) {
+  FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
+  msgpack_pack_map(&pk, 13);
+  fy_mp_pack_kv_str(&pk, "tenant", r->tenant);
+  fy_mp_pack_kv_str(&pk, "name", r->name);
+  fy_mp_pack_kv_str(&pk, "version", r->version);
+  fy_mp_pack_str(&pk, "selector");
+  fy_labels_pack(&r->selector, &pk);
+  fy_mp_pack_kv_str(&pk, "waves", r->waves);
+  fy_mp_pack_str(&pk, "policy");
+  pack_policy(&pk, &r->policy);
+  fy_mp_pack_kv_str(&pk, "state", fy_rollout_state_name(r->state));
+  fy_mp_pack_kv_u64(&pk, "wave", r->wave);
+  fy_mp_pack_kv_u64(&pk, "nwaves", r->nwaves);
+  fy_mp_pack_kv_u64(&pk, "wave_started", r->wave_started_at);
+  fy_mp_pack_kv_u64(&pk, "created", r->created_at);
+  fy_mp_pack_kv_bin(&pk, "by", r->by.key, FY_NODEID_LEN);
+  fy_mp_pack_kv_str(&pk, "reason", r->reason);
+  return fy_store_put(t, tb(t, T_ROLLOUTS), fy_bytes_str(r->id), fy_bytes_of(b.data, b.len));
+}
+
+static int decode_rollout(struct fy_txn *t, const char *id, struct fy_bytes v, struct rollout_rec *r) {
+  memset(r, 0, sizeof(*r));
+  snprintf(r->id, sizeof(r->id), "%s", id);
+  struct fy_mpmap m;
+  if (fy_mpmap_decode(&m, v.p, v.n, 8, RECORD_ELEMENTS_MAX, "rollout record", NULL) < 0)
+    return corrupt(t, "r.rollouts");
+  char state[32];
+  uint64_t wave = 0, nwaves = 0;
+  fy_rollout_policy_default(&r->policy);
+  const msgpack_object *sel = fy_mp_get(m.map, "selector"), *pol = fy_mp_get(m.map, "policy");
+  int rc = 0;
+  if (!fy_mp_str(m.map, "tenant", r->tenant, sizeof(r->tenant)) ||
+      !fy_mp_str(m.map, "name", r->name, sizeof(r->name)) ||
+      !fy_mp_str(m.map, "version", r->version, sizeof(r->version)) ||
+      !fy_mp_str(m.map, "state", state, sizeof(state)) || fy_rollout_state_parse(state, &r->state) < 0 ||
+      !sel || fy_labels_unpack(sel, &r->selector, NULL) < 0 || !pol ||
+      unpack_policy(pol, &r->policy, NULL) < 0)
+    rc = corrupt(t, "r.rollouts");
+  fy_mp_str(m.map, "waves", r->waves, sizeof(r->waves));
+  fy_mp_u64(m.map, "wave", &wave);
+  fy_mp_u64(m.map, "nwaves", &nwaves);
+  fy_mp_u64(m.map, "wave_started", &r->wave_started_at);
+  fy_mp_u64(m.map, "created", &r->created_at);
+  fy_mp_bin(m.map, "by", r->by.key, FY_NODEID_LEN);
+  fy_mp_str(m.map, "reason", r->reason, sizeof(r->reason));
+  r->wave = (uint32_t)wave;
+  r->nwaves = (uint32_t)nwaves;
+  fy_mpmap_free(&m);
+  return rc;
+}
+
+static int get_rollout(struct fy_txn *t, const char *id, struct rollout_rec *r) {
+  struct fy_bytes v;
+  int rc = fy_store_get(t, tb(t, T_ROLLOUTS), fy_bytes_str(id), &v);
+  if (rc != 1)
+    return rc;
+  return decode_rollout(t, id, v, r) < 0 ? FY_EIO : 1;
+}
+
+static int put_target(struct fy_txn *t, const char *id, const struct fy_nodeid *agent,
+                      const struct target_rec *r) {
+  uint8_t key[FY_ROLLOUT_ID_MAX + 1 + FY_NODEID_LEN];
+  FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
+  msgpack_pack_map(&pk, 5);
+  fy_mp_pack_kv_u64(&pk, "wave", r->wave);
+  fy_mp_pack_kv_str(&pk, "state", fy_target_state_name(r->state));
+  fy_mp_pack_kv_u64(&pk, "at", r->at);
+  fy_mp_pack_kv_u64(&pk, "sent", r->sent);
+  fy_mp_pack_kv_str(&pk, "msg", r->msg);
+  return fy_store_put(t, tb(t, T_TARGETS), fy_bytes_of(key, target_key(key, id, agent)),
+                      fy_bytes_of(b.data, b.len));
+}
+
+static enum fy_target_state target_state_parse(const char *s) {
+  for (int i = FY_TARGET_WAITING; i <= FY_TARGET_SKIPPED; i++)
+    if (strcmp(fy_target_state_name((enum fy_target_state)i), s) == 0)
+      return (enum fy_target_state)i;
+  return FY_TARGET_FAILED;
+}
+
+static int decode_target(struct fy_txn *t, struct fy_bytes v, struct target_rec *r) {
+  memset(r, 0, sizeof(*r));
+  struct fy_mpmap m;
+  if (fy_mpmap_decode(&m, v.p, v.n, 4, 64, "target record", NULL) < 0)
+    return corrupt(t, "r.targets");
+  uint64_t wave;
+  char state[32];
+  fy_mp_u64(m.map, "wave", &wave);
+  fy_mp_str(m.map, "state", state, sizeof(state));
+  fy_mp_u64(m.map, "at", &r->at);
+  fy_mp_u64(m.map, "sent", &r->sent);
+  fy_mp_str(m.map, "msg", r->msg, sizeof(r->msg));
+  r->wave = (uint32_t)wave;
+  r->state = target_state_parse(state);
+  fy_mpmap_free(&m);
+  return 0;
+}
+
+/* Calls fn for every target of rollout id. */
+typedef int (*target_fn)(struct fy_txn *t, const struct fy_nodeid *agent, struct target_rec *r, void *user);
+
+static int each_target(struct fy_txn *t, const char *id, target_fn fn, void *user) {
+  uint8_t prefix[FY_ROLLOUT_ID_MAX + 1];
+  size_t n = strlen(id);
+  memcpy(prefix, id, n);
+  prefix[n] = 0;
+  struct fy_cursor *cur;
+  int rc = fy_cursor_open(t, tb(t, T_TARGETS), fy_bytes_of(prefix, n + 1), &cur);
+  if (rc < 0)
+    return rc;
+  struct fy_bytes k, v;
+  /* Collect first: fn may write targets, which would disturb the cursor. */
+  struct item {
+    struct fy_nodeid agent;
+    struct target_rec r;
+  };
+  struct item *items = NULL;
+  size_t nitems = 0, cap = 0;
+  while ((rc = fy_cursor_next(cur, &k, &v)) == 1) {
+    if (k.n != n + 1 + FY_NODEID_LEN)
+      continue;
+    if (nitems == cap) {
+      cap = cap ? cap * 2 : 64;
+      struct item *ni = realloc(items, cap * sizeof(*items));
+      if (!ni) {
+        rc = fy_err_set(fy_txn_err(t), FY_ENOMEM, "rollout %s: out of memory", id);
+        break;
+      }
+      items = ni;
+    }
+    memcpy(items[nitems].agent.key, k.p + n + 1, FY_NODEID_LEN);
+    if ((rc = decode_target(t, v, &items[nitems].r)) < 0)
+      break;
+    nitems++;
+  }
+  fy_cursor_close(cur);
+  for (size_t i = 0; rc >= 0 && i < nitems; i++)
+    rc = fn(t, &items[i].agent, &items[i].r, user);
+  free(items);
+  return rc < 0 ? rc : 0;
+}
+
+/* ---- commands -------------------------------------------------------------------- */
+
+static enum fy_cmd_refusal refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum fy_cmd_refusal refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  why->code = FY_EINVAL;
+  vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
+  va_end(ap);
+  return r;
+}
+
+static bool id_ok(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n > FY_ROLLOUT_ID_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || strchr("._-", id[i])))
+      return false;
+  return true;
+}
+
+static int artifact_add(struct fy_txn *t, const struct fy_cmd_body *b, const msgpack_object *args,
+                        enum fy_cmd_refusal *r, struct fy_err *why) {
+  const msgpack_object *env = fy_mp_get(args, "manifest");
+  if (!env || env->type != MSGPACK_OBJECT_BIN) {
+    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: manifest (bin) is missing");
+    return 0;
+  }
+  struct fy_envelope e;
+  struct fy_manifest m;
+  const uint8_t *p = (const uint8_t *)env->via.bin.ptr;
+  if (fy_envelope_open(p, env->via.bin.size, FY_CTX_MANIFEST, &e, why) < 0 ||
+      fy_manifest_decode(e.body, e.body_len, &m, why) < 0) {
+    *r = FY_CMD_INVALID_ARGS;
+    return 0;
+  }
+  if (!fy_nodeid_equal(&e.signer, &b->issuer) || !fy_nodeid_equal(&m.issuer, &b->issuer)) {
+    *r = refuse(why, FY_CMD_SIGNER_MISMATCH, "the manifest is not signed by the command's issuer");
+    return 0;
+  }
+  if (strcmp(m.tenant, b->tenant) != 0) {
+    *r = refuse(why, FY_CMD_FORBIDDEN_TENANT, "the manifest is for tenant '%s', the command names '%s'",
+                m.tenant, b->tenant);
+    return 0;
+  }
+  uint8_t key[KEY_MAX];
+  size_t kn = artifact_key(key, m.tenant, m.name, m.version_text);
+  struct fy_bytes old;
+  int rc = fy_store_get(t, tb(t, T_ARTIFACTS), fy_bytes_of(key, kn), &old);
+  if (rc < 0)
+    return rc;
+  if (rc == 1) {
+    *r = refuse(why, FY_CMD_CONFLICT, "artifact %s %s exists already in tenant %s", m.name, m.version_text,
+                m.tenant);
+    return 0;
+  }
+  return fy_store_put(t, tb(t, T_ARTIFACTS), fy_bytes_of(key, kn), fy_bytes_of(p, env->via.bin.size));
+}
+
+static int rollout_create(struct fy_txn *t, const struct fy_cmd_body *b, const msgpack_object *args,
+                          uint64_t now, enum fy_cmd_refusal *r, struct fy_err *why) {
+  struct rollout_rec ro = {.state = FY_ROLLOUT_DRAFT, .created_at = now, .by = b->issuer};
+  fy_rollout_policy_default(&ro.policy);
+  snprintf(ro.tenant, sizeof(ro.tenant), "%s", b->tenant);
+  const msgpack_object *sel = fy_mp_get(args, "selector"), *pol = fy_mp_get(args, "policy");
+  struct fy_wave_spec spec;
+  if (!fy_mp_str(args, "id", ro.id, sizeof(ro.id)) || !id_ok(ro.id)) {
+    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: id must be 1..%d of [a-z0-9._-]", FY_ROLLOUT_ID_MAX);
+    return 0;
+  }
+  if (!fy_mp_str(args, "name", ro.name, sizeof(ro.name)) ||
+      !fy_mp_str(args, "version", ro.version, sizeof(ro.version))) {
+    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: name and version of an artifact are required");
+    return 0;
+  }
+  if (!fy_mp_str(args, "waves", ro.waves, sizeof(ro.waves)))
+    snprintf(ro.waves, sizeof(ro.waves), "1");
+  if (fy_wave_spec_parse(ro.waves, &spec, why) < 0 || (sel && fy_labels_unpack(sel, &ro.selector, why) < 0) ||
+      (pol && unpack_policy(pol, &ro.policy, why) < 0)) {
+    *r = FY_CMD_INVALID_ARGS;
+    return 0;
+  }
+  struct rollout_rec old;
+  int rc = get_rollout(t, ro.id, &old);
+  if (rc < 0)
+    return rc;
+  if (rc == 1) {
+    *r = refuse(why, FY_CMD_CONFLICT, "rollout %s exists already", ro.id);
+    return 0;
+  }
+  uint8_t key[KEY_MAX];
+  struct fy_bytes v;
+  if ((rc = fy_store_get(t, tb(t, T_ARTIFACTS),
+                         fy_bytes_of(key, artifact_key(key, ro.tenant, ro.name, ro.version)), &v)) < 0)
+    return rc;
+  if (rc == 0) {
+    *r = refuse(why, FY_CMD_NOT_FOUND, "no artifact %s %s in tenant %s (ferry admin artifact add)", ro.name,
+                ro.version, ro.tenant);
+    return 0;
+  }
+  return put_rollout(t, &ro);
+}
+
+/* Chooses the rollout's agents (enrolled, its tenant, matching the
+ * selector), in node id order, and writes them as waiting targets. */
+struct selection {
+  const struct rollout_rec *ro;
+  struct fy_nodeid *ids;
+  size_t n, cap;
+  size_t already;
+  int rc;
+};
+
+static int select_agent(const struct fy_nodeid *id, const struct fy_coord_agent *a, void *user) {
+  struct selection *s = user;
+  if (a->status != FY_AGENT_ENROLLED || strcmp(a->tenant, s->ro->tenant) != 0 ||
+      !fy_labels_match(&a->labels, &s->ro->selector))
+    return 0;
+  if (s->n == s->cap) {
+    s->cap = s->cap ? s->cap * 2 : 64;
+    struct fy_nodeid *ni = realloc(s->ids, s->cap * sizeof(*ni));
+    if (!ni)
+      return FY_ENOMEM;
+    s->ids = ni;
+  }
+  s->ids[s->n++] = *id;
+  return 0;
+}
+
+static int plan_waves(struct fy_txn *t, struct rollout_rec *ro, uint64_t now) {
+  struct selection s = {.ro = ro};
+  int rc = fy_coord_each_agent(t, select_agent, &s);
+  if (rc < 0) {
+    free(s.ids);
+    return rc == FY_ENOMEM ? fy_err_set(fy_txn_err(t), FY_ENOMEM, "rollout %s: out of memory", ro->id) : rc;
+  }
+  struct fy_wave_spec spec;
+  fy_wave_spec_parse(ro->waves, &spec, NULL);
+  size_t sizes[FY_WAVES_MAX];
+  size_t nwaves = fy_waves_split(s.n, &spec, sizes, FY_WAVES_MAX), at = 0;
+  for (size_t w = 0; rc >= 0 && w < nwaves; w++)
+    for (size_t i = 0; rc >= 0 && i < sizes[w]; i++, at++) {
+      struct target_rec tr = {.wave = (uint32_t)w, .state = FY_TARGET_WAITING, .at = now};
+      rc = put_target(t, ro->id, &s.ids[at], &tr);
+    }
+  free(s.ids);
+  ro->nwaves = (uint32_t)nwaves;
+  ro->wave = 0;
+  ro->wave_started_at = 0;
+  return rc;
+}
+
+/* retry: the failed targets wait again; the rollout goes back to the
+ * first wave that has one (succeeded targets keep their outcome). */
+struct retry {
+  const char *id;
+  uint32_t first_wave;
+  size_t n;
+};
+
+static int retry_target(struct fy_txn *t, const struct fy_nodeid *agent, struct target_rec *r, void *user) {
+  struct retry *rt = user;
+  if (!fy_target_is_failure(r->state))
+    return 0;
+  rt->n++;
+  if (r->wave < rt->first_wave)
+    rt->first_wave = r->wave;
+  r->state = FY_TARGET_WAITING;
+  r->msg[0] = '\0';
+  return put_target(t, rt->id, agent, r);
+}
+
+static int rollout_move(struct fy_txn *t, const struct fy_cmd_body *b, const msgpack_object *args,
+                        uint64_t now, enum fy_cmd_refusal *r, struct fy_err *why) {
+  char id[FY_ROLLOUT_ID_MAX + 1];
+  const char *cmd = b->cmd + strlen("rollout.");
+  if (strncmp(b->cmd, "rollout.", 8) != 0 || !fy_mp_str(args, "id", id, sizeof(id))) {
+    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: id (the rollout's) is missing");
+    return 0;
+  }
+  struct rollout_rec ro = {0};
+  int rc = get_rollout(t, id, &ro);
+  if (rc < 0)
+    return rc;
+  if (rc == 0 || strcmp(ro.tenant, b->tenant) != 0) {
+    *r = refuse(why, FY_CMD_NOT_FOUND, "no rollout %s in tenant %s", id, b->tenant);
+    return 0;
+  }
+  enum fy_rollout_state to;
+  if (fy_rollout_command(ro.state, cmd, &to, why) < 0) {
+    *r = FY_CMD_CONFLICT;
+    return 0;
+  }
+  if (strcmp(cmd, "start") == 0 && (rc = plan_waves(t, &ro, now)) < 0)
+    return rc;
+  if (strcmp(cmd, "retry") == 0) {
+    struct retry rt = {.id = id, .first_wave = UINT32_MAX};
+    if ((rc = each_target(t, id, retry_target, &rt)) < 0)
+      return rc;
+    if (rt.n == 0) {
+      *r = refuse(why, FY_CMD_CONFLICT, "rollout %s has no failed agent to retry", id);
+      return 0;
+    }
+    ro.wave = rt.first_wave;
+    ro.wave_started_at = 0;
+  }
+  ro.state = to;
+  snprintf(ro.reason, sizeof(ro.reason), "%s", cmd);
+  return put_rollout(t, &ro);
+}
+
+int fy_coord_rollout_apply(struct fy_coord *c, struct fy_txn *t, const struct fy_cmd_body *b, uint64_t now,
+                           enum fy_cmd_refusal *r, struct fy_err *why) {
+  (void)c;
+  *r = FY_CMD_OK;
+  struct fy_mpmap m;
+  if (fy_mpmap_decode(&m, b->args, b->args_len, 8, RECORD_ELEMENTS_MAX, "args", why) < 0) {
+    *r = FY_CMD_INVALID_ARGS;
+    return 0;
+  }
+  int rc;
+  if (strcmp(b->cmd, "artifact.add") == 0)
+    rc = artifact_add(t, b, m.map, r, why);
+  else if (strcmp(b->cmd, "rollout.create") == 0)
+    rc = rollout_create(t, b, m.map, now, r, why);
+  else
+    rc = rollout_move(t, b, m.map, now, r, why);
+  fy_mpmap_free(&m);
+  return rc;
+}
+
+/* ---- the tick ------------------------------------------------------------------------ */
+
+struct wave_pass {
+  struct fy_coord *c;
+  const struct rollout_rec *ro;
+  const uint8_t *manifest;
+  size_t manifest_len;
+  bool (*online)(const struct fy_nodeid *id, void *user);
+  void *online_user;
+  uint64_t now;
+  bool starting;              /* queue desired state to the wave's waiting targets */
+  struct fy_wave_counts wave; /* of the current wave, after this pass */
+  struct fy_wave_counts all;  /* of every wave */
+  uint64_t last_final_at;
+  size_t changed;
+};
+
+static int queue_desired(struct wave_pass *w, struct fy_txn *t, const struct fy_nodeid *agent) {
+  FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
+  msgpack_pack_map(&pk, 2);
+  fy_mp_pack_kv_str(&pk, "rollout", w->ro->id);
+  fy_mp_pack_kv_bin(&pk, "manifest", w->manifest, w->manifest_len);
+  struct fy_outbox_item item = {.dest = *agent,
+                                .topic = FY_COORD_TOPIC_DESIRED,
+                                .payload = fy_bytes_of(b.data, b.len),
+                                /* A message outliving the action timeout would be stale. */
+                                .ttl_ms = w->ro->policy.action_timeout_ms};
+  return fy_outbox_enqueue_txn(w->c->outbox, t, &item, 1, NULL);
+}
+
+static int pass_target(struct fy_txn *t, const struct fy_nodeid *agent, struct target_rec *r, void *user) {
+  struct wave_pass *w = user;
+  bool current = r->wave == w->ro->wave;
+  int rc = 0;
+  if (current && w->starting && r->state == FY_TARGET_WAITING) {
+    if (w->ro->policy.skip_offline && !(w->online && w->online(agent, w->online_user))) {
+      r->state = FY_TARGET_SKIPPED;
+      snprintf(r->msg, sizeof(r->msg), "offline at wave start");
+    } else {
+      if ((rc = queue_desired(w, t, agent)) < 0)
+        return rc;
+      r->state = FY_TARGET_SENT;
+      r->sent = w->now;
+    }
+    r->at = w->now;
+    if ((rc = put_target(t, w->ro->id, agent, r)) < 0)
+      return rc;
+    w->changed++;
+  } else if (current && (r->state == FY_TARGET_SENT || r->state == FY_TARGET_WORKING) &&
+             w->ro->policy.action_timeout_ms && w->now >= r->sent + w->ro->policy.action_timeout_ms) {
+    r->state = FY_TARGET_TIMED_OUT;
+    r->at = w->now;
+    snprintf(r->msg, sizeof(r->msg), "no outcome within %" PRIu64 " s",
+             w->ro->policy.action_timeout_ms / 1000);
+    if ((rc = put_target(t, w->ro->id, agent, r)) < 0)
+      return rc;
+    w->changed++;
+  }
+  if (current) {
+    fy_wave_counts_add(&w->wave, r->state);
+    if (fy_target_is_final(r->state) && r->at > w->last_final_at)
+      w->last_final_at = r->at;
+  }
+  fy_wave_counts_add(&w->all, r->state);
+  return 0;
+}
+
+static int tick_rollout(struct fy_coord *c, struct fy_txn *t, struct rollout_rec *ro, uint64_t now,
+                        bool (*online)(const struct fy_nodeid *, void *), void *online_user,
+                        size_t *changed) {
+  uint8_t key[KEY_MAX];
+  struct fy_bytes manifest;
+  int rc = fy_store_get(t, tb(t, T_ARTIFACTS),
+                        fy_bytes_of(key, artifact_key(key, ro->tenant, ro->name, ro->version)), &manifest);
+  if (rc <= 0)
+    return rc < 0 ? rc : corrupt(t, "r.artifacts");
+  /* Copy: the tick writes to the store, which may move the map's pages. */
+  FY_AUTOBUF struct fy_buf mcopy = FY_BUF_INIT;
+  if ((rc = fy_buf_append(&mcopy, manifest.p, manifest.n, fy_txn_err(t))) < 0)
+    return rc;
+  for (int guard = 0; guard <= FY_WAVES_MAX; guard++) {
+    if (ro->nwaves == 0) {
+      ro->state = ro->policy.abort_on_zero_eligible ? FY_ROLLOUT_FAILED : FY_ROLLOUT_COMPLETED;
+      snprintf(ro->reason, sizeof(ro->reason), "no eligible agent");
+      (*changed)++;
+      return put_rollout(t, ro);
+    }
+    struct wave_pass w = {.c = c,
+                          .ro = ro,
+                          .manifest = mcopy.data,
+                          .manifest_len = mcopy.len,
+                          .online = online,
+                          .online_user = online_user,
+                          .now = now,
+                          .starting = ro->wave_started_at == 0};
+    if ((rc = each_target(t, ro->id, pass_target, &w)) < 0)
+      return rc;
+    bool touched = w.changed > 0;
+    if (w.starting) {
+      ro->wave_started_at = now;
+      touched = true;
+    }
+    uint32_t open = w.wave.waiting + w.wave.sent + w.wave.working;
+    char why[160];
+    enum fy_wave_verdict v =
+        fy_wave_evaluate(&w.wave, &ro->policy, open ? 0 : w.last_final_at, now, why, sizeof(why));
+    if (v == FY_WAVE_WAIT) {
+      if (touched) {
+        (*changed)++;
+        return put_rollout(t, ro);
+      }
+      return 0;
+    }
+    (*changed)++;
+    if (v == FY_WAVE_FAIL) {
+      ro->state = FY_ROLLOUT_FAILED;
+      snprintf(ro->reason, sizeof(ro->reason), "wave %u: %s", ro->wave + 1, why);
+      return put_rollout(t, ro);
+    }
+    if (ro->wave + 1 >= ro->nwaves) {
+      ro->state = fy_rollout_final_state(&w.all);
+      snprintf(ro->reason, sizeof(ro->reason), "wave %u: %s", ro->wave + 1, why);
+      return put_rollout(t, ro);
+    }
+    /* Advance and start the next wave in this same transaction. */
+    ro->wave++;
+    ro->wave_started_at = 0;
+    if ((rc = put_rollout(t, ro)) < 0)
+      return rc;
+  }
+  return 0;
+}
+
+struct tick {
+  struct fy_coord *c;
+  uint64_t now;
+  bool (*online)(const struct fy_nodeid *, void *);
+  void *online_user;
+  size_t changed;
+};
+
+static int tick_body(struct fy_txn *t, void *user) {
+  struct tick *k = user;
+  k->changed = 0;
+  /* The running rollouts first (ids copied: ticking writes the table). */
+  char(*ids)[FY_ROLLOUT_ID_MAX + 1] = NULL;
+  size_t n = 0, cap = 0;
+  struct fy_cursor *cur;
+  int rc = fy_cursor_open(t, tb(t, T_ROLLOUTS), fy_bytes_of(NULL, 0), &cur);
+  if (rc < 0)
+    return rc;
+  struct fy_bytes key, v;
+  while ((rc = fy_cursor_next(cur, &key, &v)) == 1) {
+    char id[FY_ROLLOUT_ID_MAX + 1];
+    struct rollout_rec ro;
+    if (key.n > FY_ROLLOUT_ID_MAX)
+      continue;
+    memcpy(id, key.p, key.n);
+    id[key.n] = '\0';
+    if ((rc = decode_rollout(t, id, v, &ro)) < 0)
+      break;
+    if (ro.state != FY_ROLLOUT_RUNNING)
+      continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 8;
+      void *ni = realloc(ids, cap * sizeof(*ids));
+      if (!ni) {
+        rc = fy_err_set(fy_txn_err(t), FY_ENOMEM, "rollouts: out of memory");
+        break;
+      }
+      ids = ni;
+    }
+    memcpy(ids[n++], id, sizeof(id));
+  }
+  fy_cursor_close(cur);
+  for (size_t i = 0; rc >= 0 && i < n; i++) {
+    struct rollout_rec ro;
+    if ((rc = get_rollout(t, ids[i], &ro)) == 1)
+      rc = tick_rollout(k->c, t, &ro, k->now, k->online, k->online_user, &k->changed);
+  }
+  free(ids);
+  return rc < 0 ? rc : 0;
+}
+
+int fy_coord_rollout_tick(struct fy_coord *c, uint64_t now,
+                          bool (*online)(const struct fy_nodeid *id, void *user), void *user,
+                          struct fy_err *err) {
+  struct tick k = {.c = c, .now = now, .online = online, .online_user = user};
+  int rc = fy_store_write(c->store, tick_body, &k, err);
+  if (rc < 0)
+    return rc;
+  if (k.changed && c->changed)
+    c->changed(c->changed_user);
+  return (int)k.changed;
+}
+
+/* ---- reports ------------------------------------------------------------------------- */
+
+static enum fy_target_state outcome_of(const char *state) {
+  if (strcmp(state, "success") == 0)
+    return FY_TARGET_SUCCESS;
+  if (strcmp(state, "rolled_back") == 0)
+    return FY_TARGET_ROLLED_BACK;
+  if (strcmp(state, "failed") == 0)
+    return FY_TARGET_FAILED;
+  return FY_TARGET_WORKING;
+}
+
+static int on_report(struct fy_txn *t, const struct fy_nodeid *sender, const char *topic,
+                     const struct fy_inbox_msg *m, void *user) {
+  (void)topic;
+  struct fy_coord *c = user;
+  char hex[FY_NODEID_SHORT_LEN + 1];
+  fy_nodeid_to_short(sender, hex);
+  struct fy_mpmap map;
+  struct fy_err err = {0};
+  char id[FY_ROLLOUT_ID_MAX + 1], state[32], message[200];
+  uint64_t at = 0;
+  if (fy_mpmap_decode(&map, m->payload.p, m->payload.n, 4, 64, "apply report", &err) < 0) {
+    /* A bad report must not block the agent's queue: drop it, loudly. */
+    if (c->log)
+      fy_warn(c->log, "report.bad", "agent", hex, "reason", err.msg);
+    return 0;
+  }
+  bool ok =
+      fy_mp_str(map.map, "rollout", id, sizeof(id)) && fy_mp_str(map.map, "state", state, sizeof(state));
+  fy_mp_str(map.map, "message", message, sizeof(message));
+  fy_mp_u64(map.map, "at", &at);
+  fy_mpmap_free(&map);
+  if (!ok) {
+    if (c->log)
+      fy_warn(c->log, "report.bad", "agent", hex, "reason", "rollout or state missing");
+    return 0;
+  }
+  /* Keep it as the agent's update log, bounded. */
+  uint8_t rkey[FY_NODEID_LEN + 12];
+  memcpy(rkey, sender->key, FY_NODEID_LEN);
+  fy_be64_put(rkey + FY_NODEID_LEN, m->seq);
+  fy_be32_put(rkey + FY_NODEID_LEN + 8, 0);
+  int rc = fy_store_put(t, tb(t, T_REPORTS), fy_bytes_of(rkey, sizeof(rkey)), m->payload);
+  if (rc < 0)
+    return rc;
+  struct fy_cursor *cur;
+  if ((rc = fy_cursor_open(t, tb(t, T_REPORTS), fy_bytes_of(sender->key, FY_NODEID_LEN), &cur)) < 0)
+    return rc;
+  size_t count = 0;
+  while ((rc = fy_cursor_prev(cur, NULL, NULL)) == 1)
+    if (++count > FY_COORD_REPORTS_MAX && (rc = fy_cursor_del(cur)) < 0)
+      break;
+  fy_cursor_close(cur);
+  if (rc < 0)
+    return rc;
+  /* The target's outcome, if this agent is one of the rollout's. */
+  uint8_t tkey[FY_ROLLOUT_ID_MAX + 1 + FY_NODEID_LEN];
+  struct fy_bytes v;
+  if ((rc = fy_store_get(t, tb(t, T_TARGETS), fy_bytes_of(tkey, target_key(tkey, id, sender)), &v)) <= 0)
+    return rc;
+  struct target_rec tr;
+  if ((rc = decode_target(t, v, &tr)) < 0)
+    return rc;
+  enum fy_target_state next = outcome_of(state);
+  /* Working never overrides an outcome (reports of a retry come in order). */
+  if (fy_target_is_final(tr.state) && next == FY_TARGET_WORKING && tr.state != FY_TARGET_TIMED_OUT)
+    return 0;
+  if (tr.state == FY_TARGET_WAITING || tr.state == FY_TARGET_SKIPPED)
+    return 0;
+  tr.state = next;
+  tr.at = at;
+  snprintf(tr.msg, sizeof(tr.msg), "%s%s%s", state, message[0] ? ": " : "", message);
+  if (c->log)
+    fy_info(c->log, "rollout.report", "rollout", id, "agent", hex, "state", state);
+  return put_target(t, id, sender, &tr);
+}
+
+int fy_coord_rollout_register(struct fy_coord *c, struct fy_inbox *inbox, struct fy_err *err) {
+  return fy_inbox_register(inbox, FY_COORD_TOPIC_REPORT, on_report, c, err);
+}
+
+/* ---- queries ------------------------------------------------------------------------- */
+
+static void pack_rollout(msgpack_packer *pk, const struct rollout_rec *r) {
+  msgpack_pack_map(pk, 12);
+  fy_mp_pack_kv_str(pk, "id", r->id);
+  fy_mp_pack_kv_str(pk, "tenant", r->tenant);
+  fy_mp_pack_kv_str(pk, "name", r->name);
+  fy_mp_pack_kv_str(pk, "version", r->version);
+  fy_mp_pack_str(pk, "selector");
+  fy_labels_pack(&r->selector, pk);
+  fy_mp_pack_kv_str(pk, "waves", r->waves);
+  fy_mp_pack_str(pk, "policy");
+  pack_policy(pk, &r->policy);
+  fy_mp_pack_kv_str(pk, "state", fy_rollout_state_name(r->state));
+  fy_mp_pack_kv_u64(pk, "wave", r->wave);
+  fy_mp_pack_kv_u64(pk, "nwaves", r->nwaves);
+  fy_mp_pack_kv_u64(pk, "created", r->created_at);
+  fy_mp_pack_kv_str(pk, "reason", r->reason);
+}
+
+struct target_list {
+  msgpack_packer *pk;
+  bool count_only;
+  uint32_t n;
+};
+
+static int pack_target(struct fy_txn *t, const struct fy_nodeid *agent, struct target_rec *r, void *user) {
+  (void)t;
+  struct target_list *l = user;
+  l->n++;
+  if (l->count_only)
+    return 0;
+  msgpack_pack_map(l->pk, 5);
+  fy_mp_pack_kv_bin(l->pk, "agent", agent->key, FY_NODEID_LEN);
+  fy_mp_pack_kv_u64(l->pk, "wave", r->wave);
+  fy_mp_pack_kv_str(l->pk, "state", fy_target_state_name(r->state));
+  fy_mp_pack_kv_u64(l->pk, "at", r->at);
+  fy_mp_pack_kv_str(l->pk, "msg", r->msg);
+  return 0;
+}
+
+int fy_coord_rollout_query(struct fy_txn *t, const struct fy_admin *caller, const char *q, const char *id,
+                           msgpack_packer *pk, int *rpc_code) {
+  bool list = strcmp(q, "rollouts") == 0;
+  if (!list && strcmp(q, "rollout") != 0)
+    return 0;
+  if (!list) {
+    struct rollout_rec ro;
+    int rc = get_rollout(t, id, &ro);
+    if (rc < 0)
+      return rc;
+    if (rc == 0 || !fy_admin_covers(caller, ro.tenant)) {
+      *rpc_code = FY_RPC_NOT_FOUND;
+      return fy_err_set(fy_txn_err(t), FY_ENOENT, "no rollout %s", id);
+    }
+    struct target_list l = {.pk = pk, .count_only = true};
+    if ((rc = each_target(t, ro.id, pack_target, &l)) < 0)
+      return rc;
+    msgpack_pack_map(pk, 2);
+    fy_mp_pack_str(pk, "rollout");
+    pack_rollout(pk, &ro);
+    fy_mp_pack_str(pk, "targets");
+    msgpack_pack_array(pk, l.n);
+    l.count_only = false;
+    return each_target(t, ro.id, pack_target, &l) < 0 ? FY_EIO : 1;
+  }
+  struct fy_cursor *cur;
+  struct fy_bytes k, v;
+  uint32_t n = 0;
+  int rc;
+  for (int pass = 0; pass < 2; pass++) {
+    if ((rc = fy_cursor_open(t, tb(t, T_ROLLOUTS), fy_bytes_of(NULL, 0), &cur)) < 0)
+      return rc;
+    if (pass == 1) {
+      msgpack_pack_map(pk, 1);
+      fy_mp_pack_str(pk, "rollouts");
+      msgpack_pack_array(pk, n);
+    }
+    while ((rc = fy_cursor_next(cur, &k, &v)) == 1) {
+      char rid[FY_ROLLOUT_ID_MAX + 1];
+      struct rollout_rec ro;
+      if (k.n > FY_ROLLOUT_ID_MAX)
+        continue;
+      memcpy(rid, k.p, k.n);
+      rid[k.n] = '\0';
+      if ((rc = decode_rollout(t, rid, v, &ro)) < 0)
+        break;
+      if (!fy_admin_covers(caller, ro.tenant))
+        continue;
+      if (pass == 0)
+        n++;
+      else
+        pack_rollout(pk, &ro);
+    }
+    fy_cursor_close(cur);
+    if (rc < 0)
+      return rc;
+  }
+  return 1;
+}
