@@ -1,8 +1,11 @@
 /* Admin commands and the admin's session with the coordinator; see admin_cmd.h. */
 #include "admin/admin_cmd.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <msgpack.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -111,6 +114,162 @@ int fy_admin_args_enroll_revoke(const char *id, struct fy_buf *out, struct fy_er
   return rc ? fy_err_set(err, FY_ENOMEM, "enroll args: out of memory") : 0;
 }
 
+int fy_admin_args_artifact_add(const uint8_t *env, size_t len, struct fy_buf *out, struct fy_err *err) {
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, out, buf_write);
+  int rc = msgpack_pack_map(&pk, 1);
+  rc |= pk_str(&pk, "manifest");
+  rc |= msgpack_pack_bin_with_body(&pk, env, len);
+  return rc ? fy_err_set(err, FY_ENOMEM, "artifact args: out of memory") : 0;
+}
+
+static bool id_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+bool fy_admin_rollout_id_ok(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n > FY_ADMIN_ROLLOUT_ID_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!id_char(id[i]))
+      return false;
+  return true;
+}
+
+void fy_admin_rollout_default_id(const char *name, const char *version, const uint8_t rnd[2],
+                                 char out[FY_ADMIN_ROLLOUT_ID_MAX + 1]) {
+  char hex[5];
+  sodium_bin2hex(hex, sizeof(hex), rnd, 2);
+  /* "-" and the 4 hex digits always fit: the cut falls on name and version. */
+  size_t keep = FY_ADMIN_ROLLOUT_ID_MAX - 5;
+  char head[FY_ADMIN_ROLLOUT_ID_MAX + 1];
+  snprintf(head, keep + 1, "%s-%s", name, version);
+  for (char *c = head; *c; c++) {
+    if (*c >= 'A' && *c <= 'Z')
+      *c = (char)(*c - 'A' + 'a');
+    else if (!id_char(*c))
+      *c = '-';
+  }
+  size_t n = strlen(head);
+  memcpy(out, head, n + 1);
+  out[n] = '-';
+  memcpy(out + n + 1, hex, sizeof(hex)); /* n <= keep: fits with its NUL */
+}
+
+int fy_admin_artifact_ref_parse(const char *text, char *name, size_t nsize, char *version, size_t vsize,
+                                struct fy_err *err) {
+  const char *at = strchr(text, '@');
+  size_t nn = at ? (size_t)(at - text) : 0;
+  if (!at || nn == 0 || at[1] == '\0')
+    return fy_err_set(err, FY_EINVAL, "artifact '%.80s' is not NAME@VERSION", text);
+  if (nn >= nsize || strlen(at + 1) >= vsize)
+    return fy_err_set(err, FY_EINVAL, "artifact '%.80s': name or version too long", text);
+  memcpy(name, text, nn);
+  name[nn] = '\0';
+  snprintf(version, vsize, "%s", at + 1);
+  return 0;
+}
+
+int fy_admin_percent_parse(const char *text, uint32_t *permille, struct fy_err *err) {
+  const char *p = text;
+  uint32_t v = 0;
+  size_t digits = 0;
+  for (; *p >= '0' && *p <= '9' && digits < 5; p++, digits++)
+    v = v * 10 + (uint32_t)(*p - '0');
+  v *= 10;
+  if (digits > 0 && *p == '.' && p[1] >= '0' && p[1] <= '9') {
+    v += (uint32_t)(p[1] - '0');
+    p += 2;
+  }
+  if (*p == '%')
+    p++;
+  if (digits == 0 || *p != '\0' || v > FY_PERMILLE)
+    return fy_err_set(err, FY_EINVAL, "'%.40s' is not a percentage from 0%% to 100%% (like 95%% or 99.5%%)",
+                      text);
+  *permille = v;
+  return 0;
+}
+
+static void pack_policy(msgpack_packer *pk, const struct fy_rollout_policy *p, int *rc) {
+  *rc |= msgpack_pack_map(pk, 6);
+  *rc |= pk_str(pk, "grace_ms");
+  *rc |= msgpack_pack_uint64(pk, p->grace_ms);
+  *rc |= pk_str(pk, "min_success_permille");
+  *rc |= msgpack_pack_uint32(pk, p->min_success_permille);
+  *rc |= pk_str(pk, "max_failures");
+  *rc |= msgpack_pack_uint32(pk, p->max_failures);
+  *rc |= pk_str(pk, "skip_offline");
+  *rc |= p->skip_offline ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+  *rc |= pk_str(pk, "abort_on_zero");
+  *rc |= p->abort_on_zero_eligible ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+  *rc |= pk_str(pk, "action_timeout_ms");
+  *rc |= msgpack_pack_uint64(pk, p->action_timeout_ms);
+}
+
+int fy_admin_args_rollout_create(const struct fy_admin_rollout_args *r, struct fy_buf *out,
+                                 struct fy_err *err) {
+  if (!fy_admin_rollout_id_ok(r->id))
+    return fy_err_set(err, FY_EINVAL, "rollout id '%.40s' must be 1..%d of [a-z0-9._-]", r->id,
+                      FY_ADMIN_ROLLOUT_ID_MAX);
+  struct fy_wave_spec spec;
+  if (fy_wave_spec_parse(r->waves, &spec, err) < 0)
+    return FY_EINVAL;
+  static const struct fy_labels none = {0};
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, out, buf_write);
+  int rc = msgpack_pack_map(&pk, 7);
+  rc |= pk_str(&pk, "id");
+  rc |= pk_str(&pk, r->id);
+  rc |= pk_str(&pk, "name");
+  rc |= pk_str(&pk, r->name);
+  rc |= pk_str(&pk, "version");
+  rc |= pk_str(&pk, r->version);
+  rc |= pk_str(&pk, "selector");
+  rc |= fy_labels_pack(r->selector ? r->selector : &none, &pk);
+  rc |= pk_str(&pk, "channel");
+  rc |= pk_str(&pk, "");
+  rc |= pk_str(&pk, "waves");
+  rc |= pk_str(&pk, r->waves);
+  rc |= pk_str(&pk, "policy");
+  pack_policy(&pk, &r->policy, &rc);
+  return rc ? fy_err_set(err, FY_ENOMEM, "rollout args: out of memory") : 0;
+}
+
+int fy_admin_args_rollout_id(const char *id, struct fy_buf *out, struct fy_err *err) {
+  if (!fy_admin_rollout_id_ok(id))
+    return fy_err_set(err, FY_EINVAL, "rollout id '%.40s' must be 1..%d of [a-z0-9._-]", id,
+                      FY_ADMIN_ROLLOUT_ID_MAX);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, out, buf_write);
+  int rc = msgpack_pack_map(&pk, 1);
+  rc |= pk_str(&pk, "id");
+  rc |= pk_str(&pk, id);
+  return rc ? fy_err_set(err, FY_ENOMEM, "rollout args: out of memory") : 0;
+}
+
+int fy_admin_file_sha256(const char *path, uint8_t sha256[32], uint64_t *size, struct fy_err *err) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return fy_err_errno(err, errno, "artifact file %s", path);
+  crypto_hash_sha256_state st;
+  crypto_hash_sha256_init(&st);
+  uint8_t chunk[64 * 1024];
+  uint64_t total = 0;
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+    crypto_hash_sha256_update(&st, chunk, n);
+    total += n;
+  }
+  int rc = ferror(f) ? fy_err_errno(err, errno ? errno : EIO, "artifact file %s: read", path) : 0;
+  fclose(f);
+  if (rc < 0)
+    return rc;
+  crypto_hash_sha256_final(&st, sha256);
+  *size = total;
+  return 0;
+}
+
 int fy_admin_query_encode(const char *q, const char *key, const char *value, struct fy_buf *out,
                           struct fy_err *err) {
   msgpack_packer pk;
@@ -161,8 +320,8 @@ struct fy_admin_session {
   size_t naddrs;
   struct qcall *calls;
   uv_timer_t timer; /* deadline of the current call */
-  uv_timer_t poll;  /* delivery progress */
-  bool timed_out, closed;
+  uv_timer_t poll;  /* delivery progress; the pause of fy_admin_session_sleep */
+  bool timed_out, closed, slept;
   uint64_t poll_pending;
 };
 
@@ -487,6 +646,20 @@ static void q_ready(struct fy_qconn *conn, const struct fy_qclose *failure, void
     snprintf(c->message, sizeof(c->message), "%s", err.msg);
     uv_stop(&c->s->loop);
   }
+}
+
+static void on_slept(uv_timer_t *t) {
+  struct fy_admin_session *s = t->data;
+  s->slept = true;
+  uv_stop(&s->loop);
+}
+
+void fy_admin_session_sleep(struct fy_admin_session *s, uint64_t ms) {
+  s->slept = false;
+  s->poll.data = s;
+  uv_timer_start(&s->poll, on_slept, ms, 0);
+  while (!s->slept)
+    uv_run(&s->loop, UV_RUN_DEFAULT);
 }
 
 int fy_admin_session_query(struct fy_admin_session *s, const uint8_t *req, size_t len, struct fy_buf *reply,

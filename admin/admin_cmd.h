@@ -29,6 +29,7 @@
 #include "base/buf.h"
 #include "base/err.h"
 #include "base/log.h"
+#include "coordinator/rollout.h"
 #include "crypto/key.h"
 #include "fleet/envelope.h"
 #include "fleet/labels.h"
@@ -71,6 +72,47 @@ int fy_admin_args_enroll_create(const uint8_t hash[32], const struct fy_labels *
                                 uint64_t uses, struct fy_buf *out, struct fy_err *err);
 /* Args of enroll.revoke: id is the ticket id (16 hex). */
 int fy_admin_args_enroll_revoke(const char *id, struct fy_buf *out, struct fy_err *err);
+
+/* Args of artifact.add: {manifest: bin} (env: a signed manifest envelope). */
+int fy_admin_args_artifact_add(const uint8_t *env, size_t len, struct fy_buf *out, struct fy_err *err);
+
+/* A rollout id (proto/rollout.md): 1..32 of [a-z0-9._-]. */
+#define FY_ADMIN_ROLLOUT_ID_MAX 32
+bool fy_admin_rollout_id_ok(const char *id);
+
+/* The id `rollout create` makes when none is given: "<name>-<version>-<hex>"
+ * lowercased, every other byte outside [a-z0-9._-] turned into '-', the
+ * name-version part cut so the whole fits FY_ADMIN_ROLLOUT_ID_MAX; hex is
+ * rnd as 4 hex digits (random, so two rollouts of one artifact differ). */
+void fy_admin_rollout_default_id(const char *name, const char *version, const uint8_t rnd[2],
+                                 char out[FY_ADMIN_ROLLOUT_ID_MAX + 1]);
+
+/* "NAME@VERSION" -> name, version (both non-empty; FY_EINVAL otherwise,
+ * naming the text). */
+int fy_admin_artifact_ref_parse(const char *text, char *name, size_t nsize, char *version, size_t vsize,
+                                struct fy_err *err);
+
+/* "100%", "99.5%", "80" (percent, at most one decimal) -> permille 0..1000.
+ * FY_EINVAL naming the text otherwise. */
+int fy_admin_percent_parse(const char *text, uint32_t *permille, struct fy_err *err);
+
+struct fy_admin_rollout_args {
+  const char *id, *name, *version;
+  const struct fy_labels *selector;
+  const char *waves; /* fy_wave_spec_parse text, checked here */
+  struct fy_rollout_policy policy;
+};
+/* Args of rollout.create {id, name, version, selector, channel "", waves,
+ * policy}. FY_EINVAL for a bad id or waves text (fy_wave_spec_parse's
+ * message). */
+int fy_admin_args_rollout_create(const struct fy_admin_rollout_args *r, struct fy_buf *out,
+                                 struct fy_err *err);
+/* Args of rollout.start|pause|resume|abort|retry: {id}. FY_EINVAL for a bad id. */
+int fy_admin_args_rollout_id(const char *id, struct fy_buf *out, struct fy_err *err);
+
+/* The sha256 and size of a file, read in chunks (artifacts can be large).
+ * FY_ENOENT / FY_EIO naming the path. */
+int fy_admin_file_sha256(const char *path, uint8_t sha256[32], uint64_t *size, struct fy_err *err);
 
 /* A query request {q, [key: str value]} (key NULL: none), or with a bin 32
  * value ({q: "result", id: bin32}) through fy_admin_query_bin. */
@@ -124,6 +166,9 @@ int fy_admin_session_deliver(struct fy_admin_session *s, struct fy_err *err);
  * rpc_code (may be NULL) gets the RPC status code (-1: not reached). */
 int fy_admin_session_query(struct fy_admin_session *s, const uint8_t *req, size_t len, struct fy_buf *reply,
                            int *rpc_code, struct fy_err *err);
+
+/* Runs the loop for ms milliseconds (connections stay alive between polls). */
+void fy_admin_session_sleep(struct fy_admin_session *s, uint64_t ms);
 
 /* Fetches the result record of a command: 1 and reply filled, 0 when it has
  * none yet (NOT_FOUND), < 0 as fy_admin_session_query. */

@@ -2,22 +2,25 @@
  * asks the coordinator about the fleet (proto/fleet.md). */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "admin/admin_cmd.h"
 #include "admin/admin_view.h"
 #include "app/applet.h"
 #include "base/cleanup.h"
+#include "fleet/manifest.h"
 #include "fleet/ticket.h"
 #include "fleet/trust.h"
 
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: queued, the coordinator not reached in time */
-#define KEYS_MAX 16
+#define KEYS_MAX 24
 
 static const struct fy_cfg_key common_keys[] = {
     {.name = "key_file",
@@ -100,6 +103,114 @@ static const struct fy_cfg_key enroll_revoke_keys[] = {
      .type = FY_CFG_STRING,
      .flags = FY_CFG_CLI_ONLY,
      .help = "the ticket's tenant; needed only when the coordinator is unreachable"},
+};
+
+static const struct fy_cfg_key artifact_add_keys[] = {
+    {.name = "tenant", .type = FY_CFG_STRING, .flags = FY_CFG_CLI_ONLY, .help = "the artifact's tenant"},
+    {.name = "name",
+     .type = FY_CFG_STRING,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "the artifact's name ([a-z0-9._-])"},
+    {.name = "version", .type = FY_CFG_STRING, .flags = FY_CFG_CLI_ONLY, .help = "its version (semver)"},
+    {.name = "file",
+     .type = FY_CFG_PATH,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "hash this file for sha256 and size; the uri becomes file://<absolute path>, which the agents "
+             "must be able to read (for a fleet, use --uri http(s)://... with --sha256 and --size)"},
+    {.name = "uri",
+     .type = FY_CFG_STRING,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "where agents fetch it: http(s)://..., file:///path, or a /nix/store path (--kind nixos)"},
+    {.name = "sha256", .type = FY_CFG_STRING, .flags = FY_CFG_CLI_ONLY, .help = "with --uri: 64 hex digits"},
+    {.name = "size",
+     .type = FY_CFG_INT,
+     .flags = FY_CFG_CLI_ONLY,
+     .min = 0,
+     .max = (1ll << 53),
+     .help = "with --uri: the file's size in bytes"},
+    {.name = "kind",
+     .type = FY_CFG_STRING,
+     .def = "script",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "script | nixos"},
+    {.name = "compatible",
+     .type = FY_CFG_STRING,
+     .def = "",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "hardware it is for: model[/revision],... (empty: every machine)"},
+    {.name = "allow_downgrade",
+     .type = FY_CFG_BOOL,
+     .def = "false",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "agents may install it over a newer version"},
+};
+static const struct fy_cfg_key rollout_create_keys[] = {
+    {.name = "tenant", .type = FY_CFG_STRING, .flags = FY_CFG_CLI_ONLY, .help = "the rollout's tenant"},
+    {.name = "artifact",
+     .type = FY_CFG_STRING,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "NAME@VERSION (artifact add)"},
+    {.name = "selector",
+     .type = FY_CFG_STRING,
+     .def = "",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "agents whose labels match k=v,... (empty: every agent of the tenant)"},
+    {.name = "waves",
+     .type = FY_CFG_STRING,
+     .def = "1",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "N equal waves, or cumulative percentages like 10,50,100"},
+    {.name = "grace",
+     .type = FY_CFG_DURATION,
+     .def = "0s",
+     .max = 365ll * 24 * 3600 * 1000,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "pause between a wave's end and the next wave"},
+    {.name = "min_success",
+     .type = FY_CFG_STRING,
+     .def = "100%",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "share of a wave's agents that must succeed for the next wave to start"},
+    {.name = "max_failures",
+     .type = FY_CFG_STRING,
+     .def = "0",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "failures a wave tolerates before the rollout fails (a number, or 'any')"},
+    {.name = "skip_offline",
+     .type = FY_CFG_BOOL,
+     .def = "true",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "skip agents offline when their wave starts (--no-skip-offline: wait for them)"},
+    {.name = "abort_on_zero",
+     .type = FY_CFG_BOOL,
+     .def = "true",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "fail the rollout at start when it selects no agent (--no-abort-on-zero: complete)"},
+    {.name = "action_timeout",
+     .type = FY_CFG_DURATION,
+     .def = "10m",
+     .max = 365ll * 24 * 3600 * 1000,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "an agent silent this long after its wave started times out (0: never)"},
+    {.name = "id",
+     .type = FY_CFG_STRING,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "the rollout's id, 1..32 of [a-z0-9._-] (default: NAME-VERSION-<4 random hex>)"},
+};
+static const struct fy_cfg_key rollout_move_keys[] = {
+    {.name = "tenant",
+     .type = FY_CFG_STRING,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "the rollout's tenant; looked up on the coordinator when omitted"},
+};
+static const struct fy_cfg_key rollout_watch_keys[] = {
+    {.name = "interval",
+     .type = FY_CFG_DURATION,
+     .def = "1s",
+     .min = 50,
+     .max = 3600ll * 1000,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "how often to ask the coordinator"},
 };
 
 struct admin {
@@ -699,6 +810,442 @@ static int cmd_sync(struct admin *a, int argc, char **argv) {
   return finish(a, deliver_and_report(a, NULL, 0, &a->v));
 }
 
+/* ---- artifacts and rollouts -------------------------------------------------------------- */
+
+/* Splits "a,b" into the manifest's compatible list (the manifest's encoder
+ * checks each entry). */
+static int compatible_parse(const char *text, struct fy_manifest *m, struct fy_err *err) {
+  m->ncompatible = 0;
+  for (const char *p = text; *p;) {
+    const char *end = strchr(p, ',');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n == 0 || n > FY_MANIFEST_COMPATIBLE_ENTRY_MAX)
+      return fy_err_set(err, FY_EINVAL, "--compatible: entry %zu is empty or too long", m->ncompatible + 1);
+    if (m->ncompatible == FY_MANIFEST_COMPATIBLE_MAX)
+      return fy_err_set(err, FY_EINVAL, "--compatible: more than %d entries", FY_MANIFEST_COMPATIBLE_MAX);
+    memcpy(m->compatible[m->ncompatible], p, n);
+    m->compatible[m->ncompatible++][n] = '\0';
+    p += n;
+    if (*p == ',')
+      p++;
+  }
+  return 0;
+}
+
+/* The manifest's fields from the flags (all but issuer, coordinator and
+ * issued_at); -1 or an exit status. */
+static int artifact_fields(struct admin *a, struct fy_manifest *m) {
+  struct fy_err err = {0};
+  const char *tenant = fy_cfg_str(&a->cfg, "tenant"), *name = fy_cfg_str(&a->cfg, "name"),
+             *version = fy_cfg_str(&a->cfg, "version"), *file = fy_cfg_str(&a->cfg, "file"),
+             *uri = fy_cfg_str(&a->cfg, "uri"), *sha = fy_cfg_str(&a->cfg, "sha256"),
+             *size = fy_cfg_str(&a->cfg, "size");
+  if (!tenant || !name || !version)
+    return fail(a, FY_EXIT_USAGE, "%s", "--tenant T, --name N and --version V are required");
+  if (fy_tenant_check(tenant, &err) < 0 || fy_manifest_set_version(m, version, &err) < 0 ||
+      fy_artifact_kind_parse(fy_cfg_str(&a->cfg, "kind"), &m->kind, &err) < 0 ||
+      compatible_parse(fy_cfg_str(&a->cfg, "compatible"), m, &err) < 0)
+    return fail(a, FY_EXIT_USAGE, "%s", err.msg);
+  if (strlen(name) > FY_MANIFEST_NAME_MAX)
+    return fail(a, FY_EXIT_USAGE, "--name: longer than %d bytes", FY_MANIFEST_NAME_MAX);
+  snprintf(m->tenant, sizeof(m->tenant), "%s", tenant);
+  snprintf(m->name, sizeof(m->name), "%s", name);
+  m->allow_downgrade = fy_cfg_bool(&a->cfg, "allow_downgrade");
+  if (!file == !uri)
+    return fail(a, FY_EXIT_USAGE, "%s", "give either --file PATH or --uri URI (with --sha256 and --size)");
+  if (file) {
+    if (m->kind == FY_ARTIFACT_NIXOS)
+      return fail(a, FY_EXIT_USAGE, "%s", "--kind nixos takes --uri /nix/store/..., not --file");
+    if (sha || size)
+      return fail(a, FY_EXIT_USAGE, "%s", "--sha256 and --size come from --file: give them only with --uri");
+    char abs[PATH_MAX];
+    if (!realpath(file, abs))
+      return fail(a, FY_EXIT_FAIL, "--file %s: %s", file, strerror(errno));
+    if (fy_admin_file_sha256(abs, m->sha256, &m->size, &err) < 0)
+      return fail(a, FY_EXIT_FAIL, "%s", err.msg);
+    if (strlen(abs) + strlen("file://") > FY_MANIFEST_URI_MAX)
+      return fail(a, FY_EXIT_USAGE, "--file: the path is longer than a uri may be");
+    memcpy(m->uri, "file://", 7);
+    memcpy(m->uri + 7, abs, strlen(abs) + 1);
+    return -1;
+  }
+  if (strlen(uri) > FY_MANIFEST_URI_MAX)
+    return fail(a, FY_EXIT_USAGE, "--uri: longer than %d bytes", FY_MANIFEST_URI_MAX);
+  snprintf(m->uri, sizeof(m->uri), "%s", uri);
+  if (m->kind == FY_ARTIFACT_NIXOS) {
+    if (sha || (size && fy_cfg_num(&a->cfg, "size") != 0))
+      return fail(a, FY_EXIT_USAGE, "%s", "--kind nixos has no --sha256 or --size (the store path names it)");
+    return -1;
+  }
+  size_t bin_len = 0;
+  if (!sha || !size)
+    return fail(a, FY_EXIT_USAGE, "%s", "--uri needs --sha256 HEX and --size N of the file it names");
+  if (strlen(sha) != 64 || sodium_hex2bin(m->sha256, 32, sha, 64, NULL, &bin_len, NULL) != 0 || bin_len != 32)
+    return fail(a, FY_EXIT_USAGE, "--sha256: '%.80s' is not 64 hex digits", sha);
+  m->size = (uint64_t)fy_cfg_num(&a->cfg, "size");
+  return -1;
+}
+
+static int artifact_add(struct admin *a, int argc, char **argv) {
+  a->name = "admin artifact add";
+  int st = start(a, artifact_add_keys, FY_ARRAY_LEN(artifact_add_keys), argc, argv,
+                 "ferry admin artifact add --tenant T --name N --version V (--file PATH | --uri URI "
+                 "--sha256 HEX --size N) [--kind script|nixos] [--compatible hw[/rev],...] "
+                 "[--allow-downgrade] [flags]",
+                 "Signs an artifact manifest (name, version, where to fetch it, its sha256 and\n"
+                 "size, the hardware it is for) with your key and queues artifact.add. Agents\n"
+                 "verify that signature again before they install anything.\n"
+                 "With --file the file is hashed here and the uri is file://<absolute path>:\n"
+                 "every agent must be able to read that path (fine for a test or one machine).\n"
+                 "For a fleet, publish the file and give --uri http(s)://... --sha256 --size.\n"
+                 "Exit 0 applied, 1 refused, 75 when the coordinator was not reached (queued).");
+  if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0)
+    return finish(a, st);
+  struct fy_manifest *m = calloc(1, sizeof(*m));
+  if (!m)
+    return finish(a, fail(a, FY_EXIT_FAIL, "%s", "out of memory"));
+  if ((st = artifact_fields(a, m)) >= 0 || (st = open_session(a)) >= 0) {
+    free(m);
+    return finish(a, st);
+  }
+  struct fy_err err = {0};
+  m->issuer = a->key.id;
+  m->coordinator = a->coord.id;
+  m->issued_at = now_ms();
+  FY_AUTOBUF struct fy_buf env = FY_BUF_INIT, args = FY_BUF_INIT;
+  if (fy_manifest_sign(&a->key, m, &env, &err) < 0 ||
+      fy_admin_args_artifact_add(env.data, env.len, &args, &err) < 0) {
+    free(m);
+    return finish(a, fail(a, FY_EXIT_USAGE, "%s", err.msg));
+  }
+  char sha[65];
+  sodium_bin2hex(sha, sizeof(sha), m->sha256, 32);
+  if (a->v.json) {
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "tenant", m->tenant, "name", m->name,
+                          "version", m->version_text, "kind", fy_artifact_kind_name(m->kind), "uri", m->uri,
+                          "sha256", sha, "size", (json_int_t)m->size);
+    if (j) {
+      json_dumpf(j, a->proc->out, JSON_COMPACT | JSON_ENSURE_ASCII);
+      fputc('\n', a->proc->out);
+      json_decref(j);
+    }
+  } else {
+    sha[12] = '\0';
+    fprintf(a->proc->out, "artifact %s %s (%s): sha256 %s, %" PRIu64 " bytes, %s\n", m->name, m->version_text,
+            m->tenant, sha, m->size, m->uri);
+  }
+  fflush(a->proc->out);
+  char tenant[FY_TENANT_MAX + 1];
+  snprintf(tenant, sizeof(tenant), "%s", m->tenant);
+  free(m);
+  return finish(a, command(a, tenant, "artifact.add", &args, &a->v));
+}
+
+static int cmd_artifact(struct admin *a, int argc, char **argv) {
+  static const char usage[] =
+      "usage: ferry admin artifact <add> [flags]\n\n"
+      "  add --tenant T --name N --version V (--file PATH | --uri URI --sha256 HEX --size N)\n"
+      "      [--kind script|nixos] [--compatible hw[/rev],...] [--allow-downgrade]\n"
+      "                                   sign an artifact manifest and register it\n";
+  const char *sub = NULL;
+  int st = subcommand(a, usage, &argc, &argv, &sub);
+  if (st >= 0)
+    return st;
+  if (strcmp(sub, "add") == 0)
+    return artifact_add(a, argc, argv);
+  return fy_applet_fail(a->proc, "admin artifact", FY_EXIT_USAGE, "unknown subcommand '%s' (add)", sub);
+}
+
+/* The rollout's policy from the flags; -1 or an exit status. */
+static int policy_flags(struct admin *a, struct fy_rollout_policy *p) {
+  struct fy_err err = {0};
+  fy_rollout_policy_default(p);
+  p->grace_ms = (uint64_t)fy_cfg_num(&a->cfg, "grace");
+  p->action_timeout_ms = (uint64_t)fy_cfg_num(&a->cfg, "action_timeout");
+  p->skip_offline = fy_cfg_bool(&a->cfg, "skip_offline");
+  p->abort_on_zero_eligible = fy_cfg_bool(&a->cfg, "abort_on_zero");
+  if (fy_admin_percent_parse(fy_cfg_str(&a->cfg, "min_success"), &p->min_success_permille, &err) < 0)
+    return fail(a, FY_EXIT_USAGE, "--min-success: %s", err.msg);
+  const char *mf = fy_cfg_str(&a->cfg, "max_failures");
+  if (strcmp(mf, "any") == 0) {
+    p->max_failures = UINT32_MAX;
+  } else {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(mf, &end, 10);
+    if (!*mf || *mf == '-' || *end || errno || v >= UINT32_MAX)
+      return fail(a, FY_EXIT_USAGE, "--max-failures: '%.40s' is not a count (or 'any')", mf);
+    p->max_failures = (uint32_t)v;
+  }
+  return -1;
+}
+
+static int rollout_create(struct admin *a, int argc, char **argv) {
+  a->name = "admin rollout create";
+  int st = start(a, rollout_create_keys, FY_ARRAY_LEN(rollout_create_keys), argc, argv,
+                 "ferry admin rollout create --tenant T --artifact NAME@VERSION [--selector k=v,...] "
+                 "[--waves 3 | --waves 10,50,100] [--grace 30s] [--min-success 100%] [--max-failures 0] "
+                 "[--no-skip-offline] [--no-abort-on-zero] [--action-timeout 10m] [--id ID] [flags]",
+                 "Signs and queues rollout.create: a draft rollout of an artifact (see `artifact\n"
+                 "add`) to the tenant's agents whose labels match the selector. The agents are\n"
+                 "chosen and split into waves at `rollout start`. Prints the rollout's id on\n"
+                 "stdout (notes and the result go to stderr). Exit 0 applied, 1 refused, 75 when\n"
+                 "the coordinator was not reached (the command stays queued).");
+  if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0)
+    return finish(a, st);
+  struct fy_err err = {0};
+  const char *tenant = fy_cfg_str(&a->cfg, "tenant"), *ref = fy_cfg_str(&a->cfg, "artifact"),
+             *id_flag = fy_cfg_str(&a->cfg, "id");
+  if (!tenant || !ref)
+    return finish(a, fail(a, FY_EXIT_USAGE, "%s", "--tenant T and --artifact NAME@VERSION are required"));
+  char name[FY_MANIFEST_NAME_MAX + 1], version[FY_SEMVER_TEXT_MAX + 1], id[FY_ADMIN_ROLLOUT_ID_MAX + 1];
+  struct fy_labels selector = {0};
+  struct fy_admin_rollout_args ra = {.name = name, .version = version, .selector = &selector, .id = id};
+  if (fy_tenant_check(tenant, &err) < 0 ||
+      fy_admin_artifact_ref_parse(ref, name, sizeof(name), version, sizeof(version), &err) < 0 ||
+      fy_labels_parse(fy_cfg_str(&a->cfg, "selector"), &selector, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_USAGE, "%s", err.msg));
+  if ((st = policy_flags(a, &ra.policy)) >= 0)
+    return finish(a, st);
+  if (id_flag) {
+    if (!fy_admin_rollout_id_ok(id_flag))
+      return finish(a, fail(a, FY_EXIT_USAGE, "--id: '%.40s' must be 1..%d of [a-z0-9._-]", id_flag,
+                            FY_ADMIN_ROLLOUT_ID_MAX));
+    snprintf(id, sizeof(id), "%s", id_flag);
+  } else {
+    uint8_t rnd[2];
+    randombytes_buf(rnd, sizeof(rnd));
+    fy_admin_rollout_default_id(name, version, rnd, id);
+  }
+  ra.waves = fy_cfg_str(&a->cfg, "waves");
+  FY_AUTOBUF struct fy_buf args = FY_BUF_INIT;
+  if (fy_admin_args_rollout_create(&ra, &args, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_USAGE, "--waves: %s", err.msg));
+  if ((st = open_session(a)) >= 0)
+    return finish(a, st);
+  uint8_t eid[32];
+  if (fy_admin_session_queue(a->s, tenant, "rollout.create", args.data, args.len, eid, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_FAIL, "%s", err.msg));
+  fprintf(a->proc->out, "%s\n", id);
+  fflush(a->proc->out);
+  fprintf(a->proc->errout,
+          "rollout %s: %s %s to %s in tenant %s, waves %s (start it with `ferry admin rollout start %s`)\n",
+          id, name, version, selector.n ? fy_cfg_str(&a->cfg, "selector") : "every agent", tenant, ra.waves,
+          id);
+  struct fy_admin_view v = a->v;
+  v.out = a->proc->errout; /* stdout carries only the id */
+  return finish(a, deliver_and_report(a, (const uint8_t(*)[32])eid, 1, &v));
+}
+
+/* The rollout's tenant from the coordinator: -1 and tenant filled, or an exit status. */
+static int rollout_tenant(struct admin *a, const char *id, char *tenant, size_t tsize) {
+  struct fy_err err = {0};
+  FY_AUTOBUF struct fy_buf req = FY_BUF_INIT, reply = FY_BUF_INIT;
+  if (fy_admin_query_encode("rollout", "id", id, &req, &err) < 0)
+    return fail(a, FY_EXIT_FAIL, "%s", err.msg);
+  int rc = fy_admin_session_query(a->s, req.data, req.len, &reply, NULL, &err);
+  if (rc == FY_EAGAIN)
+    return fail(a, FY_EXIT_USAGE, "the coordinator is unreachable (%s): give the rollout's --tenant T",
+                err.msg);
+  if (rc < 0)
+    return fail(a, FY_EXIT_FAIL, "%s", err.msg);
+  msgpack_zone zone;
+  msgpack_object o;
+  rc = fy_admin_reply_unpack(reply.data, reply.len, "rollout reply", &zone, &o, &err);
+  const msgpack_object *t = fy_admin_map_get(fy_admin_map_get(&o, "rollout"), "tenant");
+  if (rc == 0 && t && t->type == MSGPACK_OBJECT_STR && t->via.str.size < tsize) {
+    memcpy(tenant, t->via.str.ptr, t->via.str.size);
+    tenant[t->via.str.size] = '\0';
+  } else if (rc == 0) {
+    rc = fy_err_set(&err, FY_EINVAL, "rollout reply: rollout.tenant is not a tenant");
+  }
+  msgpack_zone_destroy(&zone);
+  return rc < 0 ? fail(a, FY_EXIT_FAIL, "%s", err.msg) : -1;
+}
+
+static int rollout_move(struct admin *a, const char *sub, int argc, char **argv) {
+  static const char *const what[][2] = {
+      {"start", "chooses the agents (selector, tenant, compatibility), splits them into waves and\n"
+                "starts the first wave"},
+      {"pause", "holds the rollout: no new wave starts (agents already told go on)"},
+      {"resume", "lets a paused rollout go on"},
+      {"abort", "stops the rollout for good: no new wave starts"},
+      {"retry", "sends the artifact again to the agents that failed (of a failed or partial\n"
+                "rollout), starting from the first wave that has one"},
+  };
+  const char *help = NULL;
+  for (size_t i = 0; i < FY_ARRAY_LEN(what); i++)
+    if (strcmp(what[i][0], sub) == 0)
+      help = what[i][1];
+  char name[64], synopsis[128], description[512], cmd[32];
+  snprintf(name, sizeof(name), "admin rollout %s", sub);
+  a->name = name;
+  snprintf(synopsis, sizeof(synopsis), "ferry admin rollout %s ID [--tenant T] [flags]", sub);
+  snprintf(description, sizeof(description),
+           "Signs and queues rollout.%s:\n%s.\n"
+           "The rollout's tenant is looked up on the coordinator unless --tenant is given.\n"
+           "Exit 0 applied, 1 refused, 75 when the coordinator was not reached (queued).",
+           sub, help ? help : "");
+  int st = start(a, rollout_move_keys, FY_ARRAY_LEN(rollout_move_keys), argc, argv, synopsis, description);
+  if (st >= 0 || (st = need_args(a, 1, "one rollout ID")) >= 0)
+    return finish(a, st);
+  struct fy_err err = {0};
+  const char *id = a->cfg.args[0], *tenant_flag = fy_cfg_str(&a->cfg, "tenant");
+  FY_AUTOBUF struct fy_buf args = FY_BUF_INIT;
+  if (fy_admin_args_rollout_id(id, &args, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_USAGE, "%s", err.msg));
+  if (tenant_flag && fy_tenant_check(tenant_flag, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_USAGE, "--tenant: %s", err.msg));
+  if ((st = open_session(a)) >= 0)
+    return finish(a, st);
+  char tenant[FY_TENANT_MAX + 1];
+  if (tenant_flag)
+    snprintf(tenant, sizeof(tenant), "%s", tenant_flag);
+  else if ((st = rollout_tenant(a, id, tenant, sizeof(tenant))) >= 0)
+    return finish(a, st);
+  snprintf(cmd, sizeof(cmd), "rollout.%s", sub);
+  return finish(a, command(a, tenant, cmd, &args, &a->v));
+}
+
+/* Polls the rollout until it is final: bars redrawn in place on a terminal,
+ * a line (or a JSON document) per change otherwise. */
+static int rollout_watch(struct admin *a, int argc, char **argv) {
+  a->name = "admin rollout watch";
+  int st = start(a, rollout_watch_keys, FY_ARRAY_LEN(rollout_watch_keys), argc, argv,
+                 "ferry admin rollout watch ID [--interval 1s] [flags]",
+                 "Follows a rollout until it is completed, partial, failed or aborted: on a\n"
+                 "terminal a progress bar per wave, redrawn in place; otherwise one line per\n"
+                 "change (with --json one JSON document per change). Exit 0 when it completed,\n"
+                 "1 when it ended partial, failed or aborted (or cannot be followed).");
+  if (st >= 0 || (st = need_args(a, 1, "one rollout ID")) >= 0 || (st = open_session(a)) >= 0)
+    return finish(a, st);
+  struct fy_err err = {0};
+  const char *id = a->cfg.args[0];
+  uint64_t interval = (uint64_t)fy_cfg_num(&a->cfg, "interval");
+  bool tty = !a->v.json && isatty(fileno(a->proc->out));
+  FY_AUTOBUF struct fy_buf req = FY_BUF_INIT, last = FY_BUF_INIT;
+  if (fy_admin_query_encode("rollout", "id", id, &req, &err) < 0)
+    return finish(a, fail(a, FY_EXIT_FAIL, "%s", err.msg));
+  struct fy_admin_rollout *r = malloc(sizeof(*r));
+  char(*lines)[FY_ADMIN_FRAME_LINE_MAX] = calloc(FY_WAVES_MAX + 3, sizeof(*lines));
+  if (!r || !lines) {
+    free(r);
+    free(lines);
+    return finish(a, fail(a, FY_EXIT_FAIL, "%s", "out of memory"));
+  }
+  size_t drawn = 0;
+  bool reached = false, noted = false;
+  st = -1;
+  while (st < 0) {
+    FY_AUTOBUF struct fy_buf reply = FY_BUF_INIT;
+    int rc = fy_admin_session_query(a->s, req.data, req.len, &reply, NULL, &err);
+    if (rc == FY_EAGAIN && reached) {
+      /* A coordinator restarting mid-rollout: keep asking. */
+      if (!noted)
+        fprintf(a->proc->errout, "ferry %s: coordinator unreachable (%s); still trying\n", a->name, err.msg);
+      noted = true;
+      fy_admin_session_sleep(a->s, interval);
+      continue;
+    }
+    if (rc == FY_EAGAIN) {
+      st = fail(a, FY_EXIT_FAIL, "coordinator unreachable: %s", err.msg);
+      break;
+    }
+    if (rc < 0 || fy_admin_rollout_read(reply.data, reply.len, r, &err) < 0) {
+      st = fail(a, FY_EXIT_FAIL, "%s", err.msg);
+      break;
+    }
+    reached = true;
+    noted = false;
+    /* What counts as a change: the rendering for people, the reply for JSON. */
+    FY_AUTOBUF struct fy_buf shown = FY_BUF_INIT;
+    size_t n = 0;
+    if (a->v.json) {
+      fy_buf_append(&shown, reply.data, reply.len, NULL);
+    } else if (tty) {
+      n = fy_admin_rollout_frame(r, lines, FY_WAVES_MAX + 3);
+      for (size_t i = 0; i < n; i++)
+        fy_buf_append(&shown, lines[i], strlen(lines[i]) + 1, NULL);
+    } else {
+      fy_admin_rollout_summary(r, lines[0], FY_ADMIN_FRAME_LINE_MAX);
+      fy_buf_append(&shown, lines[0], strlen(lines[0]) + 1, NULL);
+    }
+    if (shown.len != last.len || (shown.len && memcmp(shown.data, last.data, shown.len) != 0)) {
+      if (a->v.json) {
+        a->v.now_ms = now_ms();
+        if (fy_admin_view_rollout(&a->v, reply.data, reply.len, &err) < 0) {
+          st = fail(a, FY_EXIT_FAIL, "%s", err.msg);
+          break;
+        }
+      } else if (tty) {
+        if (drawn)
+          fprintf(a->proc->out, "\x1b[%zuA\x1b[J", drawn); /* up over the last frame, clear below */
+        for (size_t i = 0; i < n; i++)
+          fprintf(a->proc->out, "\x1b[2K%s\n", lines[i]);
+        drawn = n;
+      } else {
+        fprintf(a->proc->out, "%s\n", lines[0]);
+      }
+      fflush(a->proc->out);
+      last.len = 0;
+      fy_buf_append(&last, shown.data, shown.len, NULL);
+    }
+    if (r->final)
+      st = r->st == FY_ROLLOUT_COMPLETED ? FY_EXIT_OK : FY_EXIT_FAIL;
+    else
+      fy_admin_session_sleep(a->s, interval);
+  }
+  free(r);
+  free(lines);
+  return finish(a, st);
+}
+
+static int cmd_rollout(struct admin *a, int argc, char **argv) {
+  static const char usage[] =
+      "usage: ferry admin rollout <command> [flags]\n\n"
+      "  create --tenant T --artifact NAME@VERSION [--selector k=v,..] [--waves 3|10,50,100]\n"
+      "         [--grace 30s] [--min-success 100%] [--max-failures 0] [--no-skip-offline]\n"
+      "         [--no-abort-on-zero] [--action-timeout 10m] [--id ID]   a draft rollout; prints its id\n"
+      "  start|pause|resume|abort|retry ID [--tenant T]                 move a rollout\n"
+      "  list                                                           the rollouts\n"
+      "  show ID                                                        one rollout, wave by wave\n"
+      "  watch ID [--interval 1s]                                       follow it until it ends\n";
+  const char *sub = NULL;
+  int st = subcommand(a, usage, &argc, &argv, &sub);
+  if (st >= 0)
+    return st;
+  if (strcmp(sub, "create") == 0)
+    return rollout_create(a, argc, argv);
+  if (strcmp(sub, "watch") == 0)
+    return rollout_watch(a, argc, argv);
+  static const char *const moves[] = {"start", "pause", "resume", "abort", "retry"};
+  for (size_t i = 0; i < FY_ARRAY_LEN(moves); i++)
+    if (strcmp(sub, moves[i]) == 0)
+      return rollout_move(a, moves[i], argc, argv);
+  if (strcmp(sub, "list") == 0) {
+    a->name = "admin rollout list";
+    st = start(a, NULL, 0, argc, argv, "ferry admin rollout list [flags]",
+               "Lists the rollouts within your tenants: id, tenant, artifact, state, current\n"
+               "wave, and why it stopped.");
+    if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0 || (st = open_session(a)) >= 0)
+      return finish(a, st);
+    return finish(a, query(a, "rollouts", NULL, NULL, fy_admin_view_rollouts));
+  }
+  if (strcmp(sub, "show") == 0) {
+    a->name = "admin rollout show";
+    st = start(a, NULL, 0, argc, argv, "ferry admin rollout show ID [flags]",
+               "Shows one rollout: its fields and policy, then wave by wave the agents with\n"
+               "their state and last message.");
+    if (st >= 0 || (st = need_args(a, 1, "one rollout ID")) >= 0 || (st = open_session(a)) >= 0)
+      return finish(a, st);
+    return finish(a, query(a, "rollout", "id", a->cfg.args[0], fy_admin_view_rollout));
+  }
+  return fy_applet_fail(a->proc, "admin rollout", FY_EXIT_USAGE,
+                        "unknown subcommand '%s' (create | start | pause | resume | abort | retry | list | "
+                        "show | watch)",
+                        sub);
+}
+
 int fy_admin_main(int argc, char **argv, const struct fy_proc *proc) {
   static const char usage[] =
       "usage: ferry admin <command> [flags]\n\n"
@@ -707,6 +1254,9 @@ int fy_admin_main(int argc, char **argv, const struct fy_proc *proc) {
       "  agents list|show|approve|revoke          agents\n"
       "  admins list|add|remove                   admins and their roles\n"
       "  enroll create|list|revoke                enrollment tickets\n"
+      "  artifact add                             sign and register an artifact\n"
+      "  rollout create|start|pause|resume|abort|retry|list|show|watch\n"
+      "                                           staged rollouts of an artifact\n"
       "  sync                                     deliver queued commands now, print results\n\n"
       "Every command takes --coordinator ID@HOST:PORT (or FERRY_COORDINATOR), --key-file,\n"
       "--data-dir, --timeout, --wait, --json, --cmd-ttl, and the built-in --config FILE,\n"
@@ -737,12 +1287,19 @@ int fy_admin_main(int argc, char **argv, const struct fy_proc *proc) {
   } else if (strcmp(c, "enroll") == 0) {
     a->name = "admin enroll";
     st = cmd_enroll(a, argc - 1, argv + 1);
+  } else if (strcmp(c, "artifact") == 0) {
+    a->name = "admin artifact";
+    st = cmd_artifact(a, argc - 1, argv + 1);
+  } else if (strcmp(c, "rollout") == 0) {
+    a->name = "admin rollout";
+    st = cmd_rollout(a, argc - 1, argv + 1);
   } else if (strcmp(c, "sync") == 0) {
     a->name = "admin sync";
     st = cmd_sync(a, argc - 1, argv + 1);
   } else {
-    st = fy_applet_fail(proc, "admin", FY_EXIT_USAGE,
-                        "unknown command '%s' (status | agents | admins | enroll | sync)", c);
+    st = fy_applet_fail(
+        proc, "admin", FY_EXIT_USAGE,
+        "unknown command '%s' (status | agents | admins | enroll | artifact | rollout | sync)", c);
   }
   free(a);
   return st;

@@ -793,7 +793,7 @@ int fy_admin_view_result(const struct fy_admin_view *v, const uint8_t id[32], co
   msgpack_object o;
   int rc = fy_admin_reply_unpack(reply, len, w, &zone, &o, err);
   bool ok = false;
-  char code[64], message[512], cmd[80];
+  char code[64] = "", message[512] = "", cmd[80];
   uint8_t issuer[32];
   uint64_t seq, at;
   if (rc == 0 && (rc = get_bool(&o, "ok", &ok, w, err)) == 0 &&
@@ -821,4 +821,327 @@ int fy_admin_view_result(const struct fy_admin_view *v, const uint8_t id[32], co
       fprintf(v->errout, "refused (%s): %s %s: %s\n", code, cmd, sid, message);
   }
   return ok ? 1 : 0;
+}
+
+/* ---- rollouts ------------------------------------------------------------------- */
+
+struct rollout_fields {
+  char id[64], tenant[80], name[128], version[160], waves[128], state[32], reason[256], selector[2048];
+  uint64_t wave, nwaves, created;
+  struct fy_rollout_policy policy;
+};
+
+static int policy_read(const msgpack_object *e, struct fy_rollout_policy *p, const char *w,
+                       struct fy_err *err) {
+  char pw[128];
+  snprintf(pw, sizeof(pw), "%s: policy", w);
+  const msgpack_object *m = get_typed(e, "policy", MSGPACK_OBJECT_MAP, "a map", w, err);
+  uint64_t min_success = 0, max_failures = 0;
+  int rc;
+  if (!m)
+    return FY_EINVAL;
+  if ((rc = get_uint(m, "grace_ms", &p->grace_ms, pw, err)) < 0 ||
+      (rc = get_uint(m, "min_success_permille", &min_success, pw, err)) < 0 ||
+      (rc = get_uint(m, "max_failures", &max_failures, pw, err)) < 0 ||
+      (rc = get_bool(m, "skip_offline", &p->skip_offline, pw, err)) < 0 ||
+      (rc = get_bool(m, "abort_on_zero", &p->abort_on_zero_eligible, pw, err)) < 0 ||
+      (rc = get_uint(m, "action_timeout_ms", &p->action_timeout_ms, pw, err)) < 0)
+    return rc;
+  p->min_success_permille = min_success > FY_PERMILLE ? FY_PERMILLE : (uint32_t)min_success;
+  p->max_failures = max_failures > UINT32_MAX ? UINT32_MAX : (uint32_t)max_failures;
+  return 0;
+}
+
+static int rollout_fields_read(const msgpack_object *e, struct rollout_fields *r, const char *w,
+                               struct fy_err *err) {
+  int rc;
+  if ((rc = get_str(e, "id", r->id, sizeof(r->id), w, err)) < 0 ||
+      (rc = get_str(e, "tenant", r->tenant, sizeof(r->tenant), w, err)) < 0 ||
+      (rc = get_str(e, "name", r->name, sizeof(r->name), w, err)) < 0 ||
+      (rc = get_str(e, "version", r->version, sizeof(r->version), w, err)) < 0 ||
+      (rc = labels_text(e, "selector", r->selector, sizeof(r->selector), w, err)) < 0 ||
+      (rc = get_str(e, "waves", r->waves, sizeof(r->waves), w, err)) < 0 ||
+      (rc = policy_read(e, &r->policy, w, err)) < 0 ||
+      (rc = get_str(e, "state", r->state, sizeof(r->state), w, err)) < 0 ||
+      (rc = get_uint(e, "wave", &r->wave, w, err)) < 0 ||
+      (rc = get_uint(e, "nwaves", &r->nwaves, w, err)) < 0 ||
+      (rc = get_uint(e, "created", &r->created, w, err)) < 0 ||
+      (rc = get_str(e, "reason", r->reason, sizeof(r->reason), w, err)) < 0)
+    return rc;
+  return 0;
+}
+
+/* "2/3": the current wave 1-based; "-" before the waves are planned. */
+static void wave_text(uint64_t wave, uint64_t nwaves, char *out, size_t size) {
+  if (nwaves == 0)
+    snprintf(out, size, "-");
+  else
+    snprintf(out, size, "%" PRIu64 "/%" PRIu64, wave + 1 < nwaves ? wave + 1 : nwaves, nwaves);
+}
+
+static int rollout_row(const struct fy_admin_view *v, struct table *t, const msgpack_object *e, const char *w,
+                       struct fy_err *err) {
+  (void)v;
+  struct rollout_fields r;
+  int rc = rollout_fields_read(e, &r, w, err);
+  if (rc < 0)
+    return rc;
+  char artifact[300], wave[48];
+  snprintf(artifact, sizeof(artifact), "%s@%s", r.name, r.version);
+  wave_text(r.wave, r.nwaves, wave, sizeof(wave));
+  return table_row(t, err, r.id, r.tenant, artifact, r.state, wave, r.reason[0] ? r.reason : "-");
+}
+
+int fy_admin_view_rollouts(const struct fy_admin_view *v, const uint8_t *reply, size_t len,
+                           struct fy_err *err) {
+  static const char *const head[] = {"ID", "TENANT", "ARTIFACT", "STATE", "WAVE", "REASON"};
+  return view_list(v, reply, len, "rollouts", "rollouts reply", head, FY_ARRAY_LEN(head), rollout_row, err);
+}
+
+struct target_fields {
+  uint8_t agent[32];
+  uint64_t wave, at;
+  char state[32], msg[512];
+};
+
+static int target_read(const msgpack_object *e, struct target_fields *t, const char *w, struct fy_err *err) {
+  int rc;
+  if (e->type != MSGPACK_OBJECT_MAP)
+    return fy_err_set(err, FY_EINVAL, "%s is not a map", w);
+  if ((rc = get_bin32(e, "agent", t->agent, w, err)) < 0 ||
+      (rc = get_uint(e, "wave", &t->wave, w, err)) < 0 ||
+      (rc = get_str(e, "state", t->state, sizeof(t->state), w, err)) < 0 ||
+      (rc = get_uint(e, "at", &t->at, w, err)) < 0 ||
+      (rc = get_str(e, "msg", t->msg, sizeof(t->msg), w, err)) < 0)
+    return rc;
+  return 0;
+}
+
+/* Target states by name; a name this admin does not know (a newer
+ * coordinator's) counts as work in progress. */
+static enum fy_target_state target_state_of(const char *name) {
+  for (int s = FY_TARGET_WAITING; s <= FY_TARGET_SKIPPED; s++)
+    if (strcmp(fy_target_state_name((enum fy_target_state)s), name) == 0)
+      return (enum fy_target_state)s;
+  return FY_TARGET_WORKING;
+}
+
+/* Reads the {rollout, targets} reply; *ro and *targets point into the zone. */
+static int rollout_reply(const uint8_t *reply, size_t len, msgpack_zone *zone, msgpack_object *o,
+                         struct rollout_fields *r, const msgpack_object **targets, struct fy_err *err) {
+  const char *w = "rollout reply";
+  int rc = fy_admin_reply_unpack(reply, len, w, zone, o, err);
+  const msgpack_object *ro = NULL;
+  if (rc == 0 && (!(ro = get_typed(o, "rollout", MSGPACK_OBJECT_MAP, "a map", w, err)) ||
+                  !(*targets = get_typed(o, "targets", MSGPACK_OBJECT_ARRAY, "an array", w, err))))
+    rc = FY_EINVAL;
+  if (rc == 0)
+    rc = rollout_fields_read(ro, r, "rollout reply: rollout", err);
+  for (uint32_t i = 0; rc == 0 && i < (*targets)->via.array.size; i++) {
+    struct target_fields t;
+    char tw[64];
+    snprintf(tw, sizeof(tw), "rollout reply: targets[%" PRIu32 "]", i);
+    rc = target_read(&(*targets)->via.array.ptr[i], &t, tw, err);
+  }
+  return rc;
+}
+
+static void duration_text(uint64_t ms, char *out, size_t size) {
+  if (ms == 0)
+    snprintf(out, size, "0s");
+  else if (ms % 3600000 == 0)
+    snprintf(out, size, "%" PRIu64 "h", ms / 3600000);
+  else if (ms % 60000 == 0)
+    snprintf(out, size, "%" PRIu64 "m", ms / 60000);
+  else if (ms % 1000 == 0)
+    snprintf(out, size, "%" PRIu64 "s", ms / 1000);
+  else
+    snprintf(out, size, "%" PRIu64 "ms", ms);
+}
+
+static void permille_text(uint32_t pm, char *out, size_t size) {
+  if (pm % 10 == 0)
+    snprintf(out, size, "%u%%", pm / 10);
+  else
+    snprintf(out, size, "%u.%u%%", pm / 10, pm % 10);
+}
+
+static void policy_text(const struct fy_rollout_policy *p, char *out, size_t size) {
+  char grace[32], timeout[32], success[16], failures[24];
+  duration_text(p->grace_ms, grace, sizeof(grace));
+  if (p->action_timeout_ms)
+    duration_text(p->action_timeout_ms, timeout, sizeof(timeout));
+  else
+    snprintf(timeout, sizeof(timeout), "never");
+  permille_text(p->min_success_permille, success, sizeof(success));
+  if (p->max_failures == UINT32_MAX)
+    snprintf(failures, sizeof(failures), "any");
+  else
+    snprintf(failures, sizeof(failures), "%" PRIu32, p->max_failures);
+  snprintf(out, size,
+           "grace %s, min success %s, max failures %s, %s offline agents, %s when no agent is eligible, "
+           "action timeout %s",
+           grace, success, failures, p->skip_offline ? "skip" : "wait for",
+           p->abort_on_zero_eligible ? "fail" : "complete", timeout);
+}
+
+int fy_admin_view_rollout(const struct fy_admin_view *v, const uint8_t *reply, size_t len,
+                          struct fy_err *err) {
+  msgpack_zone zone;
+  msgpack_object o;
+  struct rollout_fields r;
+  const msgpack_object *targets = NULL;
+  int rc = rollout_reply(reply, len, &zone, &o, &r, &targets, err);
+  if (rc == 0 && !targets)
+    rc = FY_EINVAL;
+  if (rc != 0 || v->json) {
+    if (rc == 0)
+      rc = print_json(v, fy_admin_json_from_msgpack(&o, err), err);
+    msgpack_zone_destroy(&zone);
+    return rc;
+  }
+  char wave[48], created[40], policy[512];
+  wave_text(r.wave, r.nwaves, wave, sizeof(wave));
+  fy_admin_format_time(v->now_ms, r.created, created, sizeof(created));
+  policy_text(&r.policy, policy, sizeof(policy));
+  fprintf(v->out,
+          "id:        %s\ntenant:    %s\nartifact:  %s %s\nselector:  %s\nwaves:     %s\npolicy:    %s\n"
+          "state:     %s\nwave:      %s\ncreated:   %s\nreason:    %s\n",
+          r.id, r.tenant, r.name, r.version, r.selector[0] ? r.selector : "(every agent)", r.waves, policy,
+          r.state, wave, created, r.reason[0] ? r.reason : "-");
+  uint32_t n = targets->via.array.size;
+  if (r.nwaves == 0) {
+    fprintf(v->out, "\n%s\n",
+            n ? "agents without a wave" : "no agents yet: they are chosen when the rollout starts");
+  }
+  /* Waves in order; the coordinator lists targets by agent id. */
+  for (uint64_t w = 0; w < r.nwaves || (w == 0 && r.nwaves == 0 && n); w++) {
+    uint32_t count[FY_TARGET_SKIPPED + 1] = {0}, total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      struct target_fields t = {0};
+      target_read(&targets->via.array.ptr[i], &t, "", NULL); /* checked by rollout_reply */
+      if (r.nwaves && t.wave != w)
+        continue;
+      count[target_state_of(t.state)]++;
+      total++;
+    }
+    if (r.nwaves) {
+      char summary[512];
+      size_t at = 0;
+      summary[0] = '\0';
+      for (int s = FY_TARGET_WAITING; s <= FY_TARGET_SKIPPED && at < sizeof(summary); s++) {
+        if (!count[s])
+          continue;
+        int k = snprintf(summary + at, sizeof(summary) - at, "%s%u %s", at ? ", " : ": ", count[s],
+                         fy_target_state_name((enum fy_target_state)s));
+        at += k > 0 ? (size_t)k : 0;
+      }
+      fprintf(v->out, "\nwave %" PRIu64 "/%" PRIu64 ": %u agent%s%s\n", w + 1, r.nwaves, total,
+              total == 1 ? "" : "s", summary);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+      struct target_fields t = {0};
+      target_read(&targets->via.array.ptr[i], &t, "", NULL); /* checked by rollout_reply */
+      if (r.nwaves && t.wave != w)
+        continue;
+      char id[13];
+      short_of(t.agent, id);
+      if (t.msg[0])
+        fprintf(v->out, "  %s  %-11s  %s\n", id, t.state, t.msg);
+      else
+        fprintf(v->out, "  %s  %s\n", id, t.state);
+    }
+  }
+  msgpack_zone_destroy(&zone);
+  return 0;
+}
+
+int fy_admin_rollout_read(const uint8_t *reply, size_t len, struct fy_admin_rollout *out,
+                          struct fy_err *err) {
+  memset(out, 0, sizeof(*out));
+  msgpack_zone zone;
+  msgpack_object o;
+  struct rollout_fields r;
+  const msgpack_object *targets = NULL;
+  int rc = rollout_reply(reply, len, &zone, &o, &r, &targets, err);
+  if (rc == 0 && !targets)
+    rc = FY_EINVAL;
+  if (rc == 0 && fy_rollout_state_parse(r.state, &out->st) < 0)
+    rc = fy_err_set(err, FY_EINVAL, "rollout reply: rollout: state '%s' is unknown", r.state);
+  if (rc != 0 || !targets) {
+    msgpack_zone_destroy(&zone);
+    return rc;
+  }
+  snprintf(out->id, sizeof(out->id), "%s", r.id);
+  snprintf(out->name, sizeof(out->name), "%s", r.name);
+  snprintf(out->version, sizeof(out->version), "%s", r.version);
+  snprintf(out->state, sizeof(out->state), "%s", r.state);
+  snprintf(out->reason, sizeof(out->reason), "%s", r.reason);
+  out->final = out->st == FY_ROLLOUT_COMPLETED || out->st == FY_ROLLOUT_PARTIAL ||
+               out->st == FY_ROLLOUT_FAILED || out->st == FY_ROLLOUT_ABORTED;
+  out->nwaves = r.nwaves > FY_WAVES_MAX ? FY_WAVES_MAX : (uint32_t)r.nwaves;
+  out->wave = r.wave >= out->nwaves ? (out->nwaves ? out->nwaves - 1 : 0) : (uint32_t)r.wave;
+  for (uint32_t i = 0; i < targets->via.array.size; i++) {
+    struct target_fields t = {0};
+    target_read(&targets->via.array.ptr[i], &t, "", NULL);
+    if (t.wave < out->nwaves)
+      fy_wave_counts_add(&out->waves[t.wave], target_state_of(t.state));
+  }
+  msgpack_zone_destroy(&zone);
+  return 0;
+}
+
+/* "3/4 ok 1 failed 2 in progress" */
+static void counts_text(const struct fy_wave_counts *c, char *out, size_t size) {
+  uint32_t failed = c->failed + c->rolled_back + c->timed_out, busy = c->sent + c->working;
+  int n = snprintf(out, size, "%" PRIu32 "/%" PRIu32 " ok", c->success, c->total);
+  size_t at = n > 0 ? (size_t)n : 0;
+  const struct {
+    uint32_t n;
+    const char *what;
+  } extra[] = {{failed, "failed"}, {c->skipped, "skipped"}, {busy, "in progress"}, {c->waiting, "waiting"}};
+  for (size_t i = 0; i < FY_ARRAY_LEN(extra) && at < size; i++) {
+    if (!extra[i].n)
+      continue;
+    n = snprintf(out + at, size - at, " %" PRIu32 " %s", extra[i].n, extra[i].what);
+    at += n > 0 ? (size_t)n : 0;
+  }
+}
+
+void fy_admin_progress_line(const struct fy_wave_counts *c, uint32_t wave, uint32_t nwaves, char *out,
+                            size_t size) {
+  char bar[FY_ADMIN_BAR_WIDTH + 1], counts[160];
+  uint32_t filled = c->total ? (uint32_t)((uint64_t)c->success * FY_ADMIN_BAR_WIDTH / c->total) : 0;
+  for (uint32_t i = 0; i < FY_ADMIN_BAR_WIDTH; i++)
+    bar[i] = i < filled ? '#' : '-';
+  bar[FY_ADMIN_BAR_WIDTH] = '\0';
+  counts_text(c, counts, sizeof(counts));
+  snprintf(out, size, "wave %" PRIu32 "/%" PRIu32 " [%s] %s", wave + 1, nwaves, bar, counts);
+}
+
+void fy_admin_rollout_summary(const struct fy_admin_rollout *r, char *out, size_t size) {
+  char counts[160] = "";
+  if (r->nwaves)
+    counts_text(&r->waves[r->wave], counts, sizeof(counts));
+  if (r->nwaves == 0)
+    snprintf(out, size, "rollout %s: %s, no waves yet%s%s%s", r->id, r->state, r->reason[0] ? " (" : "",
+             r->reason, r->reason[0] ? ")" : "");
+  else
+    snprintf(out, size, "rollout %s: %s, wave %" PRIu32 "/%" PRIu32 ": %s%s%s%s", r->id, r->state,
+             r->wave + 1, r->nwaves, counts, r->reason[0] ? " (" : "", r->reason, r->reason[0] ? ")" : "");
+}
+
+size_t fy_admin_rollout_frame(const struct fy_admin_rollout *r, char (*lines)[FY_ADMIN_FRAME_LINE_MAX],
+                              size_t max) {
+  size_t n = 0;
+  if (n < max)
+    snprintf(lines[n++], FY_ADMIN_FRAME_LINE_MAX, "rollout %s (%s %s): %s", r->id, r->name, r->version,
+             r->state);
+  if (r->nwaves == 0 && n < max)
+    snprintf(lines[n++], FY_ADMIN_FRAME_LINE_MAX, "no waves yet");
+  for (uint32_t w = 0; w < r->nwaves && n < max; w++)
+    fy_admin_progress_line(&r->waves[w], w, r->nwaves, lines[n++], FY_ADMIN_FRAME_LINE_MAX);
+  if (r->reason[0] && n < max)
+    snprintf(lines[n++], FY_ADMIN_FRAME_LINE_MAX, "reason: %s", r->reason);
+  return n;
 }

@@ -28,6 +28,7 @@
 #include <stdio.h>
 
 #include "base/err.h"
+#include "coordinator/rollout.h"
 
 #define FY_ADMIN_REPLY_MAX (4u << 20) /* bytes of one query reply we decode */
 
@@ -92,6 +93,53 @@ int fy_admin_view_tickets(const struct fy_admin_view *v, const uint8_t *reply, s
  * record. */
 int fy_admin_view_result(const struct fy_admin_view *v, const uint8_t id[32], const uint8_t *reply,
                          size_t len, struct fy_err *err);
+
+/* ---- rollouts (proto/rollout.md; replies of coordinator/coord_rollout.c) ---- */
+
+/* The `rollouts` reply: ID TENANT ARTIFACT STATE WAVE REASON, ARTIFACT as
+ * name@version, WAVE as "2/3" (the current wave, 1-based; "-" before start). */
+int fy_admin_view_rollouts(const struct fy_admin_view *v, const uint8_t *reply, size_t len,
+                           struct fy_err *err);
+
+/* The `rollout` reply: the rollout's fields as "key: value" lines, then per
+ * wave "wave 2/3: 4 agents: 3 success, 1 rolled_back" (states in the order
+ * of enum fy_target_state) and one line per agent: "  <short id>  <state>
+ * <message>". */
+int fy_admin_view_rollout(const struct fy_admin_view *v, const uint8_t *reply, size_t len,
+                          struct fy_err *err);
+
+/* What `rollout watch` needs of a `rollout` reply. */
+struct fy_admin_rollout {
+  char id[64], name[128], version[160], state[32], reason[256];
+  enum fy_rollout_state st; /* parsed state; final tells whether watching is over */
+  bool final;               /* completed, partial, failed or aborted */
+  uint32_t wave, nwaves;    /* wave is 0-based; nwaves 0 before start */
+  struct fy_wave_counts waves[FY_WAVES_MAX];
+};
+
+/* Checks and reads a `rollout` reply (as fy_admin_view_rollout checks it);
+ * targets in waves beyond nwaves or FY_WAVES_MAX are ignored, unknown target
+ * states count as working. */
+int fy_admin_rollout_read(const uint8_t *reply, size_t len, struct fy_admin_rollout *out, struct fy_err *err);
+
+#define FY_ADMIN_BAR_WIDTH 12
+/* One wave's progress: "wave 1/3 [#########---] 3/4 ok 1 failed" (wave
+ * 0-based; the bar is the share of successes), then, when non-zero, "N
+ * skipped", "N in progress" (sent or working), "N waiting". failed counts
+ * every failure (failed, rolled back, timed out). */
+void fy_admin_progress_line(const struct fy_wave_counts *c, uint32_t wave, uint32_t nwaves, char *out,
+                            size_t size);
+
+/* One line for a log (watch without a terminal): "rollout ID: STATE, wave
+ * 2/3: 3/4 ok 1 failed[ (reason)]"; "rollout ID: draft, no waves yet". */
+void fy_admin_rollout_summary(const struct fy_admin_rollout *r, char *out, size_t size);
+
+#define FY_ADMIN_FRAME_LINE_MAX 512
+/* The lines a terminal shows while watching: "rollout ID (name version):
+ * STATE", a progress line per wave, and "reason: ..." when there is one.
+ * Returns how many were written (at most max). */
+size_t fy_admin_rollout_frame(const struct fy_admin_rollout *r, char (*lines)[FY_ADMIN_FRAME_LINE_MAX],
+                              size_t max);
 
 /* The local queue alone (`sync` before it reaches the coordinator). */
 void fy_admin_view_pending(const struct fy_admin_view *v, const struct fy_admin_pending *pending, size_t n);

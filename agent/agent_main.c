@@ -15,6 +15,8 @@
 #include "base/cleanup.h"
 #include "fleet/facts.h"
 
+static const char *const update_modes[] = {"follow", "pinned", NULL};
+
 /* Every subcommand reads the same file, which is strict about unknown keys:
  * so each declares all of them. */
 #define AGENT_KEYS                                                                                           \
@@ -58,6 +60,59 @@
        .help = "how often an agent waiting for approval asks again",                                         \
        .min = 100,                                                                                           \
        .max = 24LL * 3600 * 1000},                                                                           \
+      {.name = "apply_command",                                                                              \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = "",                                                                                            \
+       .help = "installs a script artifact: a command line split on spaces (no shell), run with "            \
+               "FERRY_ACTION=activate|rollback, FERRY_ARTIFACT, FERRY_VERSION, FERRY_PREVIOUS_VERSION, "     \
+               "FERRY_PREVIOUS_ARTIFACT; exit 0 is success; empty: script rollouts fail"},                   \
+      {.name = "health_command",                                                                             \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = "",                                                                                            \
+       .help = "checks the machine after an update (FERRY_ACTION=health): split on spaces, no shell; "       \
+               "exit 0 is healthy, anything else rolls back; empty: always healthy"},                        \
+      {.name = "apply_timeout",                                                                              \
+       .type = FY_CFG_DURATION,                                                                              \
+       .def = "10m",                                                                                         \
+       .help = "longest an activation or a rollback may run before it is killed (and counts as failed)",     \
+       .min = 1000,                                                                                          \
+       .max = 24LL * 3600 * 1000},                                                                           \
+      {.name = "health_timeout",                                                                             \
+       .type = FY_CFG_DURATION,                                                                              \
+       .def = "60s",                                                                                         \
+       .help = "longest one health check may run before it is killed (and counts as unhealthy)",             \
+       .min = 100,                                                                                           \
+       .max = 3600LL * 1000},                                                                                \
+      {.name = "health_retries",                                                                             \
+       .type = FY_CFG_INT,                                                                                   \
+       .def = "0",                                                                                           \
+       .help = "health checks run again after a failing one before the update is rolled back",               \
+       .min = 0,                                                                                             \
+       .max = 1000},                                                                                         \
+      {.name = "health_interval",                                                                            \
+       .type = FY_CFG_DURATION,                                                                              \
+       .def = "2s",                                                                                          \
+       .help = "wait between health checks",                                                                 \
+       .min = 0,                                                                                             \
+       .max = 3600LL * 1000},                                                                                \
+      {.name = "update_mode",                                                                                \
+       .type = FY_CFG_ENUM,                                                                                  \
+       .def = "follow",                                                                                      \
+       .help = "follow: install what rollouts send; pinned: refuse every rollout (reported as failed: "      \
+               "pinned)",                                                                                    \
+       .choices = update_modes},                                                                             \
+      {.name = "hw_model",                                                                                   \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = "",                                                                                            \
+       .help = "this machine's hardware model, matched against a manifest's compatible list; empty: "        \
+               "only manifests for every machine are installed",                                             \
+       .max = 63},                                                                                           \
+      {.name = "hw_revision",                                                                                \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = "",                                                                                            \
+       .help =                                                                                               \
+           "this machine's hardware revision (with hw_model: matches compatible entries MODEL/REVISION)",    \
+       .max = 63},                                                                                           \
       {.name = "keepalive",                                                                                  \
        .type = FY_CFG_DURATION,                                                                              \
        .def = "15s",                                                                                         \
@@ -173,6 +228,26 @@ static bool file_exists(const char *path) {
   return stat(path, &st) == 0;
 }
 
+#define ARGV_MAX 64
+
+/* Splits text on spaces into argv (NULL-terminated), the words in buf.
+ * 0: no words; 1: some; FY_EUSAGE when it does not fit. */
+static int split_argv(const char *key, const char *text, char *buf, size_t cap, char **argv,
+                      struct fy_err *err) {
+  if (!text)
+    text = "";
+  if (snprintf(buf, cap, "%s", text) >= (int)cap)
+    return fy_err_set(err, FY_EUSAGE, "--%s: longer than %zu bytes", key, cap - 1);
+  size_t n = 0;
+  for (char *save = NULL, *w = strtok_r(buf, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+    if (n == ARGV_MAX)
+      return fy_err_set(err, FY_EUSAGE, "--%s: more than %d words", key, ARGV_MAX);
+    argv[n++] = w;
+  }
+  argv[n] = NULL;
+  return n > 0 ? 1 : 0;
+}
+
 /* The agent's inputs from its configuration; secrets wiped by settings_free. */
 struct settings {
   struct fy_key key;
@@ -183,7 +258,12 @@ struct settings {
   bool has_coordinator;
   struct fy_labels labels;
   char own_ticket[4096]; /* DATA_DIR/ticket */
-  char key_file[4096];   /* DATA_DIR/node.key, when key_file is not set */
+  char work_dir[4200];   /* DATA_DIR/artifacts */
+  /* The commands split into argv: the words point into the copies. */
+  char apply_text[4096], health_text[4096];
+  char *apply_argv[ARGV_MAX + 1], *health_argv[ARGV_MAX + 1];
+  bool has_apply, has_health;
+  char key_file[4096]; /* DATA_DIR/node.key, when key_file is not set */
 };
 
 static void settings_free(struct settings *s) {
@@ -201,6 +281,17 @@ static int read_settings(const struct fy_cfg *cfg, struct settings *s, struct fy
   snprintf(s->own_ticket, sizeof(s->own_ticket), "%s/%s", dir, FY_AGENT_TICKET_FILE);
   if (fy_labels_parse(fy_cfg_str(cfg, "labels"), &s->labels, err) < 0)
     return fy_err_prefix(err, "--labels");
+  int words = split_argv("apply-command", fy_cfg_str(cfg, "apply_command"), s->apply_text,
+                         sizeof(s->apply_text), s->apply_argv, err);
+  if (words < 0)
+    return words;
+  s->has_apply = words == 1;
+  words = split_argv("health-command", fy_cfg_str(cfg, "health_command"), s->health_text,
+                     sizeof(s->health_text), s->health_argv, err);
+  if (words < 0)
+    return words;
+  s->has_health = words == 1;
+  snprintf(s->work_dir, sizeof(s->work_dir), "%s/artifacts", dir);
   const char *coord = fy_cfg_str(cfg, "coordinator");
   if (coord && *coord) {
     if (fy_peerspec_parse(coord, &s->coordinator, err) < 0)
@@ -235,6 +326,10 @@ static int read_settings(const struct fy_cfg *cfg, struct settings *s, struct fy
   return 0;
 }
 
+static const char *nonempty(const char *s) {
+  return s && *s ? s : NULL;
+}
+
 static void fill_options(const struct fy_cfg *cfg, struct settings *s, const struct fy_log *lg,
                          struct fy_agent_options *o) {
   *o = (struct fy_agent_options){
@@ -249,6 +344,16 @@ static void fill_options(const struct fy_cfg *cfg, struct settings *s, const str
       .facts_interval_ms = (uint64_t)fy_cfg_num(cfg, "facts_interval"),
       .enroll_poll_ms = (uint64_t)fy_cfg_num(cfg, "enroll_poll"),
       .keepalive_ms = (uint64_t)fy_cfg_num(cfg, "keepalive"),
+      .work_dir = s->work_dir,
+      .apply_command = s->has_apply ? (const char *const *)s->apply_argv : NULL,
+      .health_command = s->has_health ? (const char *const *)s->health_argv : NULL,
+      .apply_timeout_ms = (uint64_t)fy_cfg_num(cfg, "apply_timeout"),
+      .health_timeout_ms = (uint64_t)fy_cfg_num(cfg, "health_timeout"),
+      .health_interval_ms = (uint64_t)fy_cfg_num(cfg, "health_interval"),
+      .health_retries = (uint32_t)fy_cfg_num(cfg, "health_retries"),
+      .pinned = fy_cfg_num(cfg, "update_mode") == 1,
+      .hw_model = nonempty(fy_cfg_str(cfg, "hw_model")),
+      .hw_revision = nonempty(fy_cfg_str(cfg, "hw_revision")),
       .log = lg,
   };
 }
@@ -282,7 +387,8 @@ static int run_agent(int argc, char **argv, const struct fy_proc *proc) {
                       "ferry agent [flags]\n       ferry agent enroll [flags] TICKET\n"
                       "       ferry agent status [--json] [flags]",
                       "Dials out to the coordinator, enrolls (with a ticket, or by waiting for an\n"
-                      "admin's approval), reports facts and keeps the admins' trust statements.\n"
+                      "admin's approval), reports facts, keeps the admins' trust statements and\n"
+                      "installs what rollouts send (checked against them), reporting each step.\n"
                       "Runs until SIGINT or SIGTERM. `ferry agent status` shows what it is doing.");
   if (st >= 0)
     return st;
@@ -396,7 +502,8 @@ static int status(int argc, char **argv, const struct fy_proc *proc) {
   int st = fy_applet_start(&cfg, &lg, proc, "agent", "agent status", status_keys, FY_ARRAY_LEN(status_keys),
                            argc, argv, "ferry agent status [--json] [flags]",
                            "Prints the state the agent last wrote to DATA_DIR/status: enrollment,\n"
-                           "coordinator, link, tenant, labels, queued messages, last facts.");
+                           "coordinator, link, tenant, labels, queued messages, last facts, and the\n"
+                           "apply state (state, rollout, installed and previous version, last message).");
   if (st >= 0)
     return st;
   struct fy_err err = {0};

@@ -10,9 +10,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "agent/apply.h"
+#include "agent/download.h"
 #include "app/applet.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "fleet/facts.h"
+#include "fleet/manifest.h"
 #include "fleet/trust.h"
 #include "node/node.h"
 #include "rpc/frame.h"
@@ -20,6 +24,8 @@
 #define ENROLL_DEADLINE_MS 30000
 #define FACTS_CHECK_MAX_MS 60000
 #define TICK_MS 5000
+
+struct dl_ctx;
 
 struct agent {
   const struct fy_agent_options *o;
@@ -30,6 +36,12 @@ struct agent {
   uv_loop_t loop;
   uv_signal_t sigint, sigterm;
   uv_timer_t poll, facts, tick;
+  uv_timer_t after;    /* runs right after an apply transition committed */
+  uv_async_t wake;     /* the desired handler (thread pool) wakes the loop */
+  unsigned wake_polls; /* looks left for a desired state woken about but not committed yet */
+  struct fy_apply *apply;
+  struct dl_ctx *dl; /* the engine's download in flight, or NULL */
+  char work_dir[4200];
   uv_work_t work;
   struct fy_buf reply;             /* agent.enroll's reply as it arrives */
   struct fy_agent_enrollment rec;  /* the stored record once enrolled */
@@ -53,6 +65,13 @@ static uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Copies what fits (snprintf would warn of the truncation it may do). */
+static void copy_text(char *out, size_t cap, const char *in) {
+  size_t n = strnlen(in, cap - 1);
+  memcpy(out, in, n);
+  out[n] = '\0';
 }
 
 static void set_error(struct agent *a, const char *msg) {
@@ -83,6 +102,18 @@ static void write_status(struct agent *a) {
       .pid = (long)getpid(),
   };
   snprintf(s.last_error, sizeof(s.last_error), "%s", a->last_error);
+  if (a->apply) {
+    struct fy_apply_record *r = malloc(sizeof(*r));
+    if (r) {
+      fy_apply_record(a->apply, r);
+      snprintf(s.apply_state, sizeof(s.apply_state), "%s", fy_apply_state_name(r->state));
+      snprintf(s.apply_rollout, sizeof(s.apply_rollout), "%s", r->art.id);
+      copy_text(s.apply_message, sizeof(s.apply_message), r->message);
+      free(r);
+    }
+    snprintf(s.apply_version, sizeof(s.apply_version), "%s", fy_apply_current_version(a->apply));
+    snprintf(s.apply_previous, sizeof(s.apply_previous), "%s", fy_apply_previous_version(a->apply));
+  }
   /* Enrolled: the labels the coordinator gave; before: the agent's own. */
   if (a->enrolled) {
     snprintf(s.tenant, sizeof(s.tenant), "%s", a->rec.tenant);
@@ -114,6 +145,22 @@ static void on_handle_closed(uv_handle_t *h) {
   (void)h;
 }
 
+/* The async handle goes last: inbox handlers may send on it until the
+ * node's commits have finished. */
+static void node_closed(void *user) {
+  struct agent *a = user;
+  if (a->handles_ready)
+    uv_close((uv_handle_t *)&a->wake, on_handle_closed);
+}
+
+/* The engine reads and writes the node's store: it closes first. */
+static void apply_closed(void *user) {
+  struct agent *a = user;
+  fy_node_close(a->node, node_closed, a);
+}
+
+static void download_cancel(struct agent *a);
+
 static void shutdown_agent(struct agent *a, int exit, const char *why) {
   if (a->closing)
     return;
@@ -126,11 +173,16 @@ static void shutdown_agent(struct agent *a, int exit, const char *why) {
     uv_close((uv_handle_t *)&a->poll, on_handle_closed);
     uv_close((uv_handle_t *)&a->facts, on_handle_closed);
     uv_close((uv_handle_t *)&a->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&a->after, on_handle_closed);
   }
   a->link_up = false;
   set_error(a, exit == FY_EXIT_OK ? "agent stopped" : why);
   write_status(a);
-  fy_node_close(a->node, NULL, NULL);
+  download_cancel(a);
+  if (a->apply)
+    fy_apply_close(FY_TAKE(a->apply), apply_closed, a);
+  else
+    fy_node_close(a->node, node_closed, a);
 }
 
 /* ---- facts ------------------------------------------------------------------- */
@@ -156,6 +208,12 @@ static void facts_queued(int rc, const struct fy_outbox_receipt *receipt, const 
   write_status(a);
 }
 
+/* The engine's installed version once it has one, else the configured one. */
+static const char *reported_version(const struct agent *a) {
+  const char *v = a->apply ? fy_apply_current_version(a->apply) : NULL;
+  return v && *v ? v : a->o->version;
+}
+
 /* Collects (a few small files: quick enough for the loop) and queues the
  * facts when forced, changed, or a full interval after the last ones. */
 static void facts_check(struct agent *a, bool force) {
@@ -165,7 +223,7 @@ static void facts_check(struct agent *a, bool force) {
   struct fy_facts_source src = {
       .root = "/",
       .disk_dir = a->o->data_dir,
-      .version = a->o->version,
+      .version = reported_version(a),
       .labels = a->o->labels,
       .now_ms = now_ms(),
   };
@@ -384,13 +442,19 @@ static void on_poll_timer(uv_timer_t *t) {
   enroll_start(t->data);
 }
 
+static void open_apply(struct agent *a);
+static int check_desired(struct agent *a);
+
 static void start_enrolled(struct agent *a) {
   uv_timer_stop(&a->poll);
+  if (!a->o->until_enrolled) /* `ferry agent enroll` stops right away */
+    open_apply(a);
   uint64_t every =
       a->o->facts_interval_ms < FACTS_CHECK_MAX_MS ? a->o->facts_interval_ms : FACTS_CHECK_MAX_MS;
   uv_timer_start(&a->facts, on_facts_timer, every, every);
   set_state(a, FY_AGENT_ENROLLED);
   facts_check(a, true);
+  check_desired(a);
 }
 
 /* ---- the link -------------------------------------------------------------------- */
@@ -465,6 +529,8 @@ static void on_tick(uv_timer_t *t) {
   }
   if (changed)
     write_status(a);
+  /* A wake-up may come before the handler's transaction committed. */
+  check_desired(a);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -521,6 +587,371 @@ static int trust_handler(struct fy_txn *t, const struct fy_nodeid *sender, const
   return 0;
 }
 
+/* ---- rollouts ------------------------------------------------------------------------ */
+
+/* proto/rollout.md: {rollout, state, version, previous, exit, output, message, at}. */
+static int queue_report(struct agent *a, struct fy_txn *t, const char *rollout, const char *state,
+                        const char *version, const char *previous, int exit_code, const char *output,
+                        const char *message, uint64_t at) {
+  FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
+  msgpack_pack_map(&pk, 8);
+  fy_mp_pack_kv_str(&pk, "rollout", rollout);
+  fy_mp_pack_kv_str(&pk, "state", state);
+  fy_mp_pack_kv_str(&pk, "version", version);
+  fy_mp_pack_kv_str(&pk, "previous", previous);
+  fy_mp_pack_str(&pk, "exit");
+  msgpack_pack_int(&pk, exit_code);
+  fy_mp_pack_kv_str(&pk, "output", output);
+  fy_mp_pack_kv_str(&pk, "message", message);
+  fy_mp_pack_kv_u64(&pk, "at", at);
+  if (!b.data)
+    return fy_err_set(fy_txn_err(t), FY_ENOMEM, "apply report: out of memory");
+  struct fy_outbox_item item = {
+      .dest = a->coord, .topic = FY_AGENT_TOPIC_REPORT, .payload = fy_bytes_of(b.data, b.len)};
+  return fy_outbox_enqueue_txn(fy_node_outbox(a->node), t, &item, 1, NULL);
+}
+
+static void on_after_transition(uv_timer_t *t);
+
+/* On the loop, inside the engine's store transaction. */
+static int on_transition(struct fy_txn *t, const struct fy_apply_report *r, void *user) {
+  struct agent *a = user;
+  int rc = queue_report(a, t, r->attempt_id, fy_apply_state_name(r->to), r->version, r->previous_version,
+                        r->exit_code, r->output_tail, r->message, r->at);
+  if (rc < 0)
+    return rc;
+  if (!a->closing)
+    uv_timer_start(&a->after, on_after_transition, 0, 0);
+  return 0;
+}
+
+#define WAKE_POLL_MS 20
+#define WAKE_POLLS 50 /* 1 s; the tick catches anything later */
+
+/* The transition has committed by now: deliver its report, show it, and
+ * start a desired state that waited for the attempt to end. */
+static void on_after_transition(uv_timer_t *t) {
+  struct agent *a = t->data;
+  if (a->closing)
+    return;
+  fy_node_kick(a->node);
+  refresh_queued(a);
+  write_status(a);
+  facts_check(a, false);
+  if (check_desired(a) == 0 && a->wake_polls > 0) {
+    a->wake_polls--;
+    uv_timer_start(&a->after, on_after_transition, WAKE_POLL_MS, 0);
+  }
+}
+
+struct dl_ctx {
+  struct agent *a;
+  struct fy_download *d;
+  fy_apply_download_done done;
+  void *ctx;
+};
+
+static void download_finished(const struct fy_download_result *r, void *user) {
+  struct dl_ctx *d = user;
+  if (d->a->dl == d)
+    d->a->dl = NULL;
+  d->done(r->code, r->message, r->permanent, d->ctx);
+  free(d);
+}
+
+static int apply_download(const struct fy_apply_artifact *art, const char *dest, fy_apply_download_done done,
+                          void *ctx, void *user) {
+  struct agent *a = user;
+  struct dl_ctx *d = calloc(1, sizeof(*d));
+  if (!d)
+    return FY_ENOMEM;
+  *d = (struct dl_ctx){.a = a, .done = done, .ctx = ctx};
+  struct fy_download_request req = {
+      .uri = art->uri, .sha256 = art->sha256, .size = art->size, .dest = dest, .log = a->log};
+  struct fy_err err = {0};
+  int rc = fy_download_start(&d->d, &a->loop, &req, download_finished, d, &err);
+  if (rc < 0) {
+    fy_warn(a->log, "download.start_failed", "rollout", art->id, "reason", err.msg);
+    free(d);
+    return rc;
+  }
+  a->dl = d;
+  return 0;
+}
+
+/* The .part stays for the next run; done still runs (the engine, closed by
+ * then, ignores it). */
+static void download_cancel(struct agent *a) {
+  if (a->dl)
+    fy_download_cancel(a->dl->d);
+}
+
+static void open_apply(struct agent *a) {
+  if (a->apply)
+    return;
+  struct fy_apply_config cfg = {
+      .loop = &a->loop,
+      .store = fy_node_store(a->node),
+      .log = a->log,
+      .work_dir = a->work_dir,
+      .apply_command = a->o->apply_command,
+      .health_command = a->o->health_command,
+      .apply_timeout_ms = a->o->apply_timeout_ms,
+      .health_timeout_ms = a->o->health_timeout_ms,
+      .health_retries = a->o->health_retries,
+      .health_interval_ms = a->o->health_interval_ms,
+      .on_transition = on_transition,
+      .user = a,
+      .download = apply_download,
+  };
+  struct fy_err err = {0};
+  if (fy_apply_open(&a->apply, &cfg, &err) < 0) {
+    /* The agent stays useful (facts, trust); desired states wait. */
+    a->apply = NULL;
+    fy_error(a->log, "apply.open_failed", "reason", err.msg);
+    char line[FY_AGENT_ERROR_MAX + 1];
+    snprintf(line, sizeof(line), "apply engine: %.200s", err.msg);
+    set_error(a, line);
+  }
+}
+
+/* The engine takes an id it can name a file with. */
+static bool attempt_id_ok(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n > FY_APPLY_ID_MAX || id[0] == '.')
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = id[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+          c == '_' || c == '-'))
+      return false;
+  }
+  return true;
+}
+
+/* Large: on the heap, not on a thread-pool stack. */
+struct desired_work {
+  struct fy_manifest m;
+  struct fy_apply_record installed, pending;
+  struct fy_agent_enrollment rec;
+  char rollout[FY_APPLY_ID_MAX + 1];
+};
+
+/* On the thread pool, inside the inbox's transaction (see agent_run.h). A
+ * refusal is acknowledged: the same bytes would be refused again. */
+static int desired_handler(struct fy_txn *t, const struct fy_nodeid *sender, const char *topic,
+                           const struct fy_inbox_msg *m, void *user) {
+  (void)topic;
+  struct agent *a = user;
+  char seq[24];
+  snprintf(seq, sizeof(seq), "%" PRIu64, m->seq);
+  FY_AUTOFREE struct desired_work *w = calloc(1, sizeof(*w));
+  if (!w)
+    return fy_err_set(fy_txn_err(t), FY_ENOMEM, "desired: out of memory");
+  int rc = fy_agent_state_get_enrollment(t, &w->rec);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return fy_err_set(fy_txn_err(t), FY_EAGAIN, "desired: not enrolled yet");
+  if (!fy_nodeid_equal(sender, &w->rec.coordinator)) {
+    char who[FY_NODEID_SHORT_LEN + 1];
+    fy_nodeid_to_short(sender, who);
+    fy_warn(a->log, "desired.refused", "seq", seq, "reason", "not from the coordinator", "sender", who);
+    return 0;
+  }
+  struct fy_mpmap map;
+  struct fy_err why = {0};
+  if (fy_mpmap_decode(&map, m->payload.p, m->payload.n, 2, 16, "desired state", &why) < 0) {
+    fy_warn(a->log, "desired.bad", "seq", seq, "reason", why.msg);
+    return 0;
+  }
+  const msgpack_object *man = fy_mp_get(map.map, "manifest");
+  if (!fy_mp_str(map.map, "rollout", w->rollout, sizeof(w->rollout)) || !attempt_id_ok(w->rollout)) {
+    fy_mpmap_free(&map);
+    fy_warn(a->log, "desired.bad", "seq", seq, "reason", "rollout is not an id of [A-Za-z0-9._-]");
+    return 0;
+  }
+  if ((rc = fy_apply_record_get(t, &w->installed)) < 0) {
+    fy_mpmap_free(&map);
+    return rc;
+  }
+  const char *current = w->installed.installed_version[0] ? w->installed.installed_version : a->o->version;
+  enum fy_cmd_refusal ref = FY_CMD_OK;
+  char message[FY_APPLY_MESSAGE_MAX + 1] = "";
+  if (a->o->pinned) {
+    snprintf(message, sizeof(message), "pinned: this agent's update_mode is pinned");
+  } else if (!man || man->type != MSGPACK_OBJECT_BIN) {
+    snprintf(message, sizeof(message), "%s: desired state: manifest is not bin",
+             fy_cmd_refusal_name(FY_CMD_MALFORMED));
+  } else {
+    struct fy_trust view;
+    rc = fy_agent_state_load_trust(t, &w->rec, &view);
+    if (rc < 0) {
+      fy_trust_free(&view);
+      fy_mpmap_free(&map);
+      return rc;
+    }
+    struct fy_manifest_target target = {
+        .coordinator = &w->rec.coordinator,
+        .tenant = w->rec.tenant,
+        .trust = &view,
+        .hw_model = a->o->hw_model,
+        .hw_revision = a->o->hw_revision,
+        .current_version = current,
+    };
+    ref = fy_manifest_verify((const uint8_t *)man->via.bin.ptr, man->via.bin.size, &target, &w->m, &why);
+    fy_trust_free(&view);
+    if (ref != FY_CMD_OK)
+      snprintf(message, sizeof(message), "%s: %.400s", fy_cmd_refusal_name(ref), why.msg);
+    else if (strlen(w->m.version_text) > FY_APPLY_VERSION_MAX)
+      snprintf(message, sizeof(message), "%s: version is longer than %d bytes",
+               fy_cmd_refusal_name(FY_CMD_MALFORMED), FY_APPLY_VERSION_MAX);
+  }
+  fy_mpmap_free(&map);
+  uint64_t now = now_ms();
+  if (message[0]) {
+    fy_warn(a->log, "desired.refused", "seq", seq, "rollout", w->rollout, "reason", message);
+    return queue_report(a, t, w->rollout, fy_apply_state_name(FY_APPLY_FAILED), w->m.version_text, current,
+                        -1, "", message, now);
+  }
+  struct fy_apply_record *p = &w->pending;
+  struct fy_apply_artifact *art = &p->art;
+  snprintf(art->id, sizeof(art->id), "%s", w->rollout);
+  snprintf(art->kind, sizeof(art->kind), "%s", fy_artifact_kind_name(w->m.kind));
+  copy_text(art->version, sizeof(art->version), w->m.version_text); /* length checked above */
+  snprintf(art->uri, sizeof(art->uri), "%s", w->m.uri);
+  memcpy(art->sha256, w->m.sha256, sizeof(art->sha256));
+  art->size = w->m.size;
+  p->state = FY_APPLY_IDLE;
+  p->started_at = now; /* when it arrived: tells a retry from a crash before the delete */
+  FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
+  if ((rc = fy_apply_record_encode(p, &b, fy_txn_err(t))) < 0 ||
+      (rc = fy_agent_state_put_desired(t, fy_bytes_of(b.data, b.len))) < 0)
+    return rc;
+  fy_info(a->log, "desired.accepted", "seq", seq, "rollout", w->rollout, "name", w->m.name, "version",
+          w->m.version_text);
+  uv_async_send(&a->wake);
+  return 0;
+}
+
+static bool in_attempt(enum fy_apply_state s) {
+  return s == FY_APPLY_DOWNLOADING || s == FY_APPLY_STAGED || s == FY_APPLY_ACTIVATING ||
+         s == FY_APPLY_VERIFYING || s == FY_APPLY_ROLLING_BACK;
+}
+
+struct pending_txn {
+  struct agent *a;
+  struct fy_apply_record rec; /* the pending desired state read or to drop */
+  bool any;                   /* drop: whatever is there (a damaged one) */
+  const char *failure;        /* drop: and report the attempt failed with this */
+};
+
+static int read_pending(struct fy_txn *t, void *user) {
+  struct pending_txn *p = user;
+  struct fy_bytes v;
+  int rc = fy_agent_state_get_desired(t, &v);
+  if (rc <= 0)
+    return rc;
+  if ((rc = fy_apply_record_decode(v.p, v.n, &p->rec, fy_txn_err(t))) < 0)
+    return fy_err_prefix(fy_txn_err(t), "desired state");
+  return 1;
+}
+
+/* Deletes the pending desired state if it is still the one read: one that
+ * arrived meanwhile is newer and stays. */
+static int drop_pending(struct fy_txn *t, void *user) {
+  struct pending_txn *p = user;
+  struct fy_bytes v;
+  int rc = fy_agent_state_get_desired(t, &v);
+  if (rc <= 0)
+    return rc;
+  if (!p->any) {
+    struct fy_apply_record *now = malloc(sizeof(*now));
+    if (!now)
+      return fy_err_set(fy_txn_err(t), FY_ENOMEM, "desired: out of memory");
+    bool same = fy_apply_record_decode(v.p, v.n, now, NULL) == 0 && strcmp(now->art.id, p->rec.art.id) == 0 &&
+                now->started_at == p->rec.started_at;
+    free(now);
+    if (!same)
+      return 0;
+  }
+  if ((rc = fy_agent_state_del_desired(t)) < 0)
+    return rc;
+  if (p->failure) {
+    struct agent *a = p->a;
+    rc = queue_report(a, t, p->rec.art.id, fy_apply_state_name(FY_APPLY_FAILED), p->rec.art.version,
+                      reported_version(a), -1, "", p->failure, now_ms());
+    if (rc < 0)
+      return rc;
+  }
+  return 1;
+}
+
+/* On the loop: at start, when woken, after each transition and every tick.
+ * 0 when no desired state is pending, 1 when one was handled, -1 when it
+ * cannot be now. */
+static int check_desired(struct agent *a) {
+  if (a->closing || !a->apply || in_attempt(fy_apply_state(a->apply)))
+    return -1;
+  struct fy_store *st = fy_node_store(a->node);
+  FY_AUTOFREE struct pending_txn *p = calloc(1, sizeof(*p));
+  FY_AUTOFREE struct fy_apply_record *last = malloc(sizeof(*last));
+  if (!p || !last)
+    return -1;
+  p->a = a;
+  struct fy_err err = {0};
+  int rc = fy_store_read(st, read_pending, p, &err);
+  if (rc == 0)
+    return 0;
+  if (rc < 0) {
+    if (err.code != FY_EINVAL) {
+      fy_warn(a->log, "desired.read_failed", "reason", err.msg);
+      return -1;
+    }
+    /* Damaged: it would block every later one. */
+    fy_error(a->log, "desired.damaged", "reason", err.msg);
+    p->any = true;
+    if (fy_store_write(st, drop_pending, p, &err) < 0)
+      fy_warn(a->log, "desired.drop_failed", "reason", err.msg);
+    return 1;
+  }
+  fy_apply_record(a->apply, last);
+  if (last->state != FY_APPLY_IDLE && strcmp(last->art.id, p->rec.art.id) == 0 &&
+      last->started_at >= p->rec.started_at) {
+    /* Started before a crash kept the delete from committing. */
+    fy_info(a->log, "desired.already_started", "rollout", p->rec.art.id);
+  } else {
+    struct fy_err why = {0};
+    rc = fy_apply_start(a->apply, &p->rec.art, &why);
+    if (rc == FY_EEXIST)
+      return -1;
+    if (rc < 0) {
+      fy_warn(a->log, "apply.start_failed", "rollout", p->rec.art.id, "reason", why.msg);
+      p->failure = why.msg;
+    } else {
+      fy_info(a->log, "apply.started", "rollout", p->rec.art.id, "version", p->rec.art.version);
+    }
+  }
+  if (fy_store_write(st, drop_pending, p, &err) < 0)
+    fy_warn(a->log, "desired.drop_failed", "reason", err.msg);
+  if (p->failure)
+    fy_node_kick(a->node);
+  write_status(a);
+  return 1;
+}
+
+/* The handler wakes us from inside its transaction, so the commit may not
+ * be visible yet: look again a few times shortly after. */
+static void on_wake(uv_async_t *h) {
+  struct agent *a = h->data;
+  if (check_desired(a) == 0 && !a->closing) {
+    a->wake_polls = WAKE_POLLS;
+    uv_timer_start(&a->after, on_after_transition, WAKE_POLL_MS, 0);
+  }
+}
+
 /* ---- start and stop ---------------------------------------------------------------- */
 
 static int read_record(struct fy_txn *t, void *user) {
@@ -545,6 +976,10 @@ int fy_agent_run(const struct fy_agent_options *o, struct fy_agent_outcome *out,
   }
   a->o = o;
   a->log = o->log;
+  if (o->work_dir)
+    snprintf(a->work_dir, sizeof(a->work_dir), "%s", o->work_dir);
+  else
+    snprintf(a->work_dir, sizeof(a->work_dir), "%s/artifacts", o->data_dir);
   a->state = FY_AGENT_STARTING;
   int st = FY_EXIT_FAIL;
   if (uv_loop_init(&a->loop) != 0) {
@@ -552,14 +987,14 @@ int fy_agent_run(const struct fy_agent_options *o, struct fy_agent_outcome *out,
     fy_err_set(err, FY_EIO, "agent: cannot make an event loop");
     return FY_EXIT_FAIL;
   }
-  const struct fy_store_schema *schemas[] = {&fy_agent_schema};
+  const struct fy_store_schema *schemas[] = {&fy_agent_schema, &fy_apply_schema};
   struct fy_node_config nc = {
       .data_dir = o->data_dir,
       .key = o->key,
       .listen = o->listen,
       .accept = false,
       .schemas = schemas,
-      .nschemas = 1,
+      .nschemas = FY_ARRAY_LEN(schemas),
       .keepalive_ms = o->keepalive_ms,
       .log = o->log,
   };
@@ -567,7 +1002,8 @@ int fy_agent_run(const struct fy_agent_options *o, struct fy_agent_outcome *out,
     uv_run(&a->loop, UV_RUN_DEFAULT);
     goto done;
   }
-  if (fy_inbox_register(fy_node_inbox(a->node), FY_AGENT_TOPIC_TRUST, trust_handler, a, err) < 0) {
+  if (fy_inbox_register(fy_node_inbox(a->node), FY_AGENT_TOPIC_TRUST, trust_handler, a, err) < 0 ||
+      fy_inbox_register(fy_node_inbox(a->node), FY_AGENT_TOPIC_DESIRED, desired_handler, a, err) < 0) {
     close_unstarted(a);
     goto done;
   }
@@ -645,7 +1081,10 @@ int fy_agent_run(const struct fy_agent_options *o, struct fy_agent_outcome *out,
   uv_timer_init(&a->loop, &a->poll);
   uv_timer_init(&a->loop, &a->facts);
   uv_timer_init(&a->loop, &a->tick);
-  a->sigint.data = a->sigterm.data = a->poll.data = a->facts.data = a->tick.data = a;
+  uv_timer_init(&a->loop, &a->after);
+  uv_async_init(&a->loop, &a->wake, on_wake);
+  a->sigint.data = a->sigterm.data = a->poll.data = a->facts.data = a->tick.data = a->after.data = a;
+  a->wake.data = a;
   a->handles_ready = true;
   uv_signal_start(&a->sigint, on_signal, SIGINT);
   uv_signal_start(&a->sigterm, on_signal, SIGTERM);

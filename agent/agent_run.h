@@ -16,6 +16,20 @@
  *   enrolled   the record and the accepted statements are stored (one
  *              transaction); facts flow (on start, on change, periodically)
  *              and `trust` statements from the coordinator are applied
+ *
+ * Rollouts (proto/rollout.md). Once enrolled the apply engine (apply.h) runs
+ * on the node's store. A `desired` message from the coordinator is checked
+ * on the thread pool inside the inbox's transaction (fy_manifest_verify
+ * against the stored trust view, the tenant, hw_model/hw_revision and the
+ * installed version): refused, or pinned, it is answered with a `failed`
+ * report in that transaction; accepted, it is stored as the one pending
+ * desired state (a newer one replaces one still waiting) and the loop is
+ * woken. The loop starts the pending state when the engine is not in an
+ * attempt and then deletes it; the deletion names what was started, so a
+ * newer desired state that arrived meanwhile stays. One attempt at a time.
+ * Every engine transition queues an `apply.report` in the engine's own
+ * transaction. Facts report the engine's installed version once there is
+ * one, else `version`.
  *   revoked    the coordinator said so; fy_agent_run returns FY_EXIT_FAIL
  * A refused ticket (unknown, expired, used up) also ends the run with
  * FY_EXIT_FAIL, logging the coordinator's message at error: retrying cannot
@@ -46,6 +60,8 @@
 #define FY_AGENT_ENROLL_METHOD "agent.enroll"
 #define FY_AGENT_TOPIC_FACTS "facts"
 #define FY_AGENT_TOPIC_TRUST "trust"
+#define FY_AGENT_TOPIC_DESIRED "desired"     /* coordinator -> agent, proto/rollout.md */
+#define FY_AGENT_TOPIC_REPORT "apply.report" /* agent -> coordinator */
 
 /* Everything is borrowed for the duration of fy_agent_run. */
 struct fy_agent_options {
@@ -60,7 +76,15 @@ struct fy_agent_options {
   uint64_t facts_interval_ms;            /* periodic facts */
   uint64_t enroll_poll_ms;               /* a pending agent asks again this often */
   uint64_t keepalive_ms;
-  bool until_enrolled; /* `ferry agent enroll`: stop once enrolled */
+  /* Rollouts (apply.h): the engine's inputs. work_dir NULL: DATA_DIR/artifacts. */
+  const char *work_dir;
+  const char *const *apply_command;  /* NULL-terminated argv; NULL: script artifacts fail */
+  const char *const *health_command; /* NULL-terminated argv; NULL: always healthy */
+  uint64_t apply_timeout_ms, health_timeout_ms, health_interval_ms;
+  uint32_t health_retries;
+  bool pinned;                        /* update_mode pinned: every desired state is refused */
+  const char *hw_model, *hw_revision; /* for the manifest's compatible list; NULL: unknown */
+  bool until_enrolled;                /* `ferry agent enroll`: stop once enrolled */
   const struct fy_log *log;
 };
 

@@ -262,6 +262,29 @@ int fy_agent_state_put_enrollment(struct fy_txn *t, const struct fy_agent_enroll
   return fy_store_put(t, tb, fy_bytes_str(ENROLLMENT_KEY), fy_bytes_of(b.data, b.len));
 }
 
+#define DESIRED_KEY "desired"
+
+int fy_agent_state_get_desired(struct fy_txn *t, struct fy_bytes *out) {
+  struct fy_table *tb = fy_txn_table(t, META);
+  if (!tb)
+    return fy_err_set(fy_txn_err(t), FY_EINVAL, "agent: the store was opened without fy_agent_schema");
+  return fy_store_get(t, tb, fy_bytes_str(DESIRED_KEY), out);
+}
+
+int fy_agent_state_put_desired(struct fy_txn *t, struct fy_bytes v) {
+  struct fy_table *tb = fy_txn_table(t, META);
+  if (!tb)
+    return fy_err_set(fy_txn_err(t), FY_EINVAL, "agent: the store was opened without fy_agent_schema");
+  return fy_store_put(t, tb, fy_bytes_str(DESIRED_KEY), v);
+}
+
+int fy_agent_state_del_desired(struct fy_txn *t) {
+  struct fy_table *tb = fy_txn_table(t, META);
+  if (!tb)
+    return fy_err_set(fy_txn_err(t), FY_EINVAL, "agent: the store was opened without fy_agent_schema");
+  return fy_store_del(t, tb, fy_bytes_str(DESIRED_KEY));
+}
+
 int fy_agent_state_add_statement(struct fy_txn *t, const uint8_t *env, size_t len) {
   struct fy_table *tb = fy_txn_table(t, TRUST);
   if (!tb)
@@ -504,16 +527,27 @@ int fy_agent_state_parse(const char *text, enum fy_agent_state *out) {
   return FY_EINVAL;
 }
 
+/* Errors may quote a peer's bytes; JSON strings must be UTF-8. */
+static void printable(const char *in, size_t max, char *out) {
+  size_t n = strnlen(in, max);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)in[i];
+    out[i] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
+  }
+  out[n] = '\0';
+}
+
 static json_t *status_json(const struct fy_agent_status *s) {
   char hex[FY_NODEID_HEX_LEN + 1] = "";
-  /* Errors may quote a peer's bytes; JSON strings must be UTF-8. */
-  char last_error[FY_AGENT_ERROR_MAX + 1];
-  size_t n = strnlen(s->last_error, FY_AGENT_ERROR_MAX);
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s->last_error[i];
-    last_error[i] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
-  }
-  last_error[n] = '\0';
+  char last_error[FY_AGENT_ERROR_MAX + 1], apply_message[FY_AGENT_ERROR_MAX + 1];
+  char apply_state[sizeof(s->apply_state)], rollout[FY_AGENT_APPLY_TEXT_MAX + 1],
+      version[FY_AGENT_APPLY_TEXT_MAX + 1], previous[FY_AGENT_APPLY_TEXT_MAX + 1];
+  printable(s->last_error, FY_AGENT_ERROR_MAX, last_error);
+  printable(s->apply_message, FY_AGENT_ERROR_MAX, apply_message);
+  printable(s->apply_state, sizeof(apply_state) - 1, apply_state);
+  printable(s->apply_rollout, FY_AGENT_APPLY_TEXT_MAX, rollout);
+  printable(s->apply_version, FY_AGENT_APPLY_TEXT_MAX, version);
+  printable(s->apply_previous, FY_AGENT_APPLY_TEXT_MAX, previous);
   if (s->has_coordinator)
     fy_nodeid_to_hex(&s->coordinator, hex);
   json_t *labels = json_object();
@@ -521,12 +555,14 @@ static json_t *status_json(const struct fy_agent_status *s) {
     return NULL;
   for (size_t i = 0; i < s->labels.n; i++)
     json_object_set_new(labels, s->labels.v[i].key, json_string(s->labels.v[i].value));
-  return json_pack("{s:s, s:o, s:{s:b, s:I, s:s}, s:s, s:o, s:I, s:I, s:I, s:I}", "state",
-                   fy_agent_state_name(s->state), "coordinator",
+  return json_pack("{s:s, s:o, s:{s:b, s:I, s:s}, s:s, s:o, s:I, s:I, s:I, s:I, s:{s:s, s:s, s:s, s:s, s:s}}",
+                   "state", fy_agent_state_name(s->state), "coordinator",
                    s->has_coordinator ? json_string(hex) : json_null(), "link", "up", s->link_up, "since",
                    (json_int_t)s->link_since, "last_error", last_error, "tenant", s->tenant, "labels", labels,
                    "queued", (json_int_t)s->queued, "facts_sent_at", (json_int_t)s->facts_sent_at,
-                   "updated_at", (json_int_t)s->updated_at, "pid", (json_int_t)s->pid);
+                   "updated_at", (json_int_t)s->updated_at, "pid", (json_int_t)s->pid, "apply", "state",
+                   apply_state, "rollout", rollout, "version", version, "previous", previous, "message",
+                   apply_message);
 }
 
 static int fsync_dir(const char *dir) {
@@ -635,6 +671,16 @@ static int status_from_json(json_t *j, struct fy_agent_status *out, const char *
       (rc = json_uint(j, "pid", &pid, path, err)) < 0)
     return rc;
   out->pid = (long)pid;
+  json_t *apply = json_object_get(j, "apply");
+  if (apply && !json_is_object(apply))
+    return fy_err_set(err, FY_EINVAL, "status %s: apply is not an object", path);
+  if (apply &&
+      ((rc = json_text(apply, "state", out->apply_state, sizeof(out->apply_state), path, err)) < 0 ||
+       (rc = json_text(apply, "rollout", out->apply_rollout, sizeof(out->apply_rollout), path, err)) < 0 ||
+       (rc = json_text(apply, "version", out->apply_version, sizeof(out->apply_version), path, err)) < 0 ||
+       (rc = json_text(apply, "previous", out->apply_previous, sizeof(out->apply_previous), path, err)) < 0 ||
+       (rc = json_text(apply, "message", out->apply_message, sizeof(out->apply_message), path, err)) < 0))
+    return rc;
   json_t *labels = json_object_get(j, "labels");
   if (!json_is_object(labels))
     return fy_err_set(err, FY_EINVAL, "status %s: labels is not an object", path);
@@ -715,9 +761,14 @@ int fy_agent_status_print(const struct fy_agent_status *s, bool json, FILE *out,
   format_time(s->updated_at, updated, sizeof(updated));
   fprintf(out,
           "state:       %s\ncoordinator: %s\nlink:        %s since %s\nlast_error:  %s\ntenant:      %s\n"
-          "labels:      %s\nqueued:      %llu\nfacts_sent:  %s\nupdated:     %s (pid %ld)\n",
+          "labels:      %s\nqueued:      %llu\nfacts_sent:  %s\nupdated:     %s (pid %ld)\n"
+          "apply:       %s%s%s\nversion:     %s\nprevious:    %s\napply_msg:   %s\n",
           fy_agent_state_name(s->state), hex, s->link_up ? "up" : "down", since,
           s->last_error[0] ? s->last_error : "(none)", s->tenant[0] ? s->tenant : "(none)", labels,
-          (unsigned long long)s->queued, sent, updated, s->pid);
+          (unsigned long long)s->queued, sent, updated, s->pid, s->apply_state[0] ? s->apply_state : "(none)",
+          s->apply_rollout[0] ? " rollout " : "", s->apply_rollout,
+          s->apply_version[0] ? s->apply_version : "(none)",
+          s->apply_previous[0] ? s->apply_previous : "(none)",
+          s->apply_message[0] ? s->apply_message : "(none)");
   return 0;
 }

@@ -4,6 +4,9 @@
  *
  * Store (schema "agent", fy_agent_schema):
  *   agent.meta   "enrollment" -> the enrollment record (msgpack map, below)
+ *   agent.meta   "desired" -> the accepted desired state waiting for the apply
+ *                engine (bytes the caller encodes; agent_run.c keeps an
+ *                fy_apply_record there: rollout id, artifact, received_at)
  *   agent.trust  be64 index -> one trust statement (an admin.set / admin.remove
  *                envelope, exactly as the coordinator forwarded it), in the
  *                order the agent applied them, indexes from 1 without gaps
@@ -54,6 +57,7 @@
 #define FY_AGENT_STATUS_FILE "status" /* in data_dir */
 #define FY_AGENT_STATUS_MAX 65536     /* bytes of the status file */
 #define FY_AGENT_ERROR_MAX 255        /* bytes of a status error line */
+#define FY_AGENT_APPLY_TEXT_MAX 127   /* bytes of a status apply id or version */
 
 extern const struct fy_store_schema fy_agent_schema;
 
@@ -86,6 +90,13 @@ int fy_agent_enrollment_decode(const uint8_t *p, size_t len, struct fy_agent_enr
  * in fy_txn_err(t)). */
 int fy_agent_state_get_enrollment(struct fy_txn *t, struct fy_agent_enrollment *out);
 int fy_agent_state_put_enrollment(struct fy_txn *t, const struct fy_agent_enrollment *e);
+
+/* The pending desired state (see the top): 1 and *out (valid until t ends)
+ * when there is one, 0 when not. put replaces it; del returns 1 when it was
+ * there, 0 when not. */
+int fy_agent_state_get_desired(struct fy_txn *t, struct fy_bytes *out);
+int fy_agent_state_put_desired(struct fy_txn *t, struct fy_bytes v);
+int fy_agent_state_del_desired(struct fy_txn *t);
 
 /* Appends a statement after the last one stored. */
 int fy_agent_state_add_statement(struct fy_txn *t, const uint8_t *env, size_t len);
@@ -172,6 +183,13 @@ struct fy_agent_status {
   uint64_t facts_sent_at; /* ms; when facts were last queued; 0: never */
   uint64_t updated_at;    /* ms */
   long pid;               /* the agent that wrote it */
+  /* The apply engine (agent/apply.h): "" before it ran. A status file
+   * without an "apply" object (an older agent's) reads as all "". */
+  char apply_state[16];                             /* fy_apply_state_name */
+  char apply_rollout[FY_AGENT_APPLY_TEXT_MAX + 1];  /* the last attempt's id */
+  char apply_version[FY_AGENT_APPLY_TEXT_MAX + 1];  /* installed (last success) */
+  char apply_previous[FY_AGENT_APPLY_TEXT_MAX + 1]; /* the version it replaced */
+  char apply_message[FY_AGENT_ERROR_MAX + 1];       /* of the last transition */
 };
 
 /* Writes <dir>/status atomically (see the top). FY_EIO naming the path. */

@@ -705,7 +705,7 @@ static int on_report(struct fy_txn *t, const struct fy_nodeid *sender, const cha
   fy_nodeid_to_short(sender, hex);
   struct fy_mpmap map;
   struct fy_err err = {0};
-  char id[FY_ROLLOUT_ID_MAX + 1], state[32], message[200];
+  char id[FY_ROLLOUT_ID_MAX + 1], state[32], message[1024];
   uint64_t at = 0;
   if (fy_mpmap_decode(&map, m->payload.p, m->payload.n, 4, 64, "apply report", &err) < 0) {
     /* A bad report must not block the agent's queue: drop it, loudly. */
@@ -757,7 +757,8 @@ static int on_report(struct fy_txn *t, const struct fy_nodeid *sender, const cha
     return 0;
   tr.state = next;
   tr.at = at;
-  snprintf(tr.msg, sizeof(tr.msg), "%s%s%s", state, message[0] ? ": " : "", message);
+  /* The target keeps the start of the message; the report itself keeps all of it. */
+  snprintf(tr.msg, sizeof(tr.msg), "%s%s%.200s", state, message[0] ? ": " : "", message);
   if (c->log)
     fy_info(c->log, "rollout.report", "rollout", id, "agent", hex, "state", state);
   return put_target(t, id, sender, &tr);

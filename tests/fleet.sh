@@ -10,51 +10,11 @@
 set -uo pipefail
 
 ferry=${1:?usage: fleet.sh FERRY_BINARY}
-tmp=$(mktemp -d /tmp/ferry-fleet.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${failed:-0}" = 0 ]; then rm -rf "$tmp"; else echo "logs kept in $tmp"; fi
-}
-trap cleanup EXIT
-
+test_name=fleet
+# shellcheck source=tests/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export FERRY_LOG_LEVEL=info
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
-passed=0 failed=0 ticket=""
-out="" err="" rc=0
-
-# run EXPECTED_STATUS CMD...: runs CMD, keeps stdout/stderr in $out/$err.
-run() {
-  local want=$1
-  shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  rc=$?
-  out=$(cat "$tmp/out") err=$(cat "$tmp/err")
-  if [ "$rc" != "$want" ]; then
-    echo "  exit $rc, expected $want: $*" >&2
-    echo "  stdout: $out" | head -20 >&2
-    echo "  stderr: $err" | tail -20 >&2
-    return 1
-  fi
-}
-has() { case "$1" in *"$2"*) return 0 ;; esac; echo "  missing '$2' in: $1" | head -20 >&2; return 1; }
-check() {
-  local name=$1
-  shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
-# until SECONDS CMD...: retries CMD every 0.2 s until it succeeds or time runs out.
-until_ok() {
-  local deadline=$((SECONDS + $1))
-  shift
-  while ! "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || { "$@"; return 1; }
-    sleep 0.2
-  done
-}
+ticket=""
 
 # ---- the fleet -----------------------------------------------------------------------------
 
@@ -279,5 +239,4 @@ check facts_survive_coordinator_restart t_facts_survive_coordinator_restart
 check admin_queues_while_coordinator_down t_admin_queues_while_coordinator_down
 check admin_refusals t_admin_refusals
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

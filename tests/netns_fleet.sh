@@ -26,32 +26,11 @@ done
 
 tag=fy$$
 ns() { echo "$tag-$1"; }
-tmp=$(mktemp -d /tmp/ferry-netns.XXXXXX)
-pids=()
-passed=0 failed=0
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  for n in pub rtr lan1 lan2 adm; do ip netns del "$(ns $n)" 2>/dev/null; done
-  if [ "$failed" = 0 ]; then rm -rf "$tmp"; else echo "logs kept in $tmp"; fi
-}
-trap cleanup EXIT
+test_name=netns
+# shellcheck source=tests/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cleanup_more() { for n in pub rtr lan1 lan2 adm; do ip netns del "$(ns $n)" 2>/dev/null; done; }
 in_ns() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
-check() {
-  local name=$1
-  shift
-  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
-until_ok() {
-  local deadline=$((SECONDS + $1))
-  shift
-  while ! "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || { "$@"; return 1; }
-    sleep 0.3
-  done
-}
 
 # ---- the network ---------------------------------------------------------------------------
 build_network() {
@@ -153,5 +132,4 @@ check agents_enroll_from_behind_nat t_agents_enroll_from_behind_nat
 check facts_from_both_agents t_facts_from_both_agents
 check admin_query_from_third_segment t_admin_query_from_third_segment
 check traffic_went_through_the_nat t_traffic_went_through_the_nat
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

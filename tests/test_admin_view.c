@@ -9,9 +9,11 @@
 #include <cmocka.h>
 #include <jansson.h>
 #include <msgpack.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "admin/admin_cmd.h"
 #include "admin/admin_view.h"
@@ -656,6 +658,375 @@ static void test_args_enroll(void **state) {
   fy_buf_free(&b);
 }
 
+/* ---- rollouts ------------------------------------------------------------------- */
+
+static void pk_rollout(msgpack_packer *pk, const char *id, const char *state, uint64_t wave, uint64_t nwaves,
+                       const char *reason) {
+  msgpack_pack_map(pk, 12);
+  pk_str(pk, "id");
+  pk_str(pk, id);
+  pk_str(pk, "tenant");
+  pk_str(pk, "lab");
+  pk_str(pk, "name");
+  pk_str(pk, "web");
+  pk_str(pk, "version");
+  pk_str(pk, "1.2.0");
+  pk_str(pk, "selector");
+  msgpack_pack_map(pk, 1);
+  pk_str(pk, "role");
+  pk_str(pk, "kiosk");
+  pk_str(pk, "waves");
+  pk_str(pk, "10,50,100");
+  pk_str(pk, "policy");
+  msgpack_pack_map(pk, 6);
+  pk_str(pk, "grace_ms");
+  msgpack_pack_uint64(pk, 30000);
+  pk_str(pk, "min_success_permille");
+  msgpack_pack_uint64(pk, 995);
+  pk_str(pk, "max_failures");
+  msgpack_pack_uint64(pk, 1);
+  pk_str(pk, "skip_offline");
+  msgpack_pack_true(pk);
+  pk_str(pk, "abort_on_zero");
+  msgpack_pack_false(pk);
+  pk_str(pk, "action_timeout_ms");
+  msgpack_pack_uint64(pk, 600000);
+  pk_str(pk, "state");
+  pk_str(pk, state);
+  pk_str(pk, "wave");
+  msgpack_pack_uint64(pk, wave);
+  pk_str(pk, "nwaves");
+  msgpack_pack_uint64(pk, nwaves);
+  pk_str(pk, "created");
+  msgpack_pack_uint64(pk, NOW - 5ull * 60 * 1000);
+  pk_str(pk, "reason");
+  pk_str(pk, reason);
+}
+
+static void pk_target(msgpack_packer *pk, uint8_t idbyte, uint64_t wave, const char *state, const char *msg,
+                      size_t idlen) {
+  uint8_t id[32];
+  memset(id, idbyte, sizeof(id));
+  msgpack_pack_map(pk, 5);
+  pk_str(pk, "agent");
+  pk_bin(pk, id, idlen);
+  pk_str(pk, "wave");
+  msgpack_pack_uint64(pk, wave);
+  pk_str(pk, "state");
+  pk_str(pk, state);
+  pk_str(pk, "at");
+  msgpack_pack_uint64(pk, NOW - 1000);
+  pk_str(pk, "msg");
+  pk_str(pk, msg);
+}
+
+/* A rollout in its second of three waves: wave 1 done (1 agent), wave 2 with
+ * 3 successes and a rollback among 4, wave 3 waiting (1 agent). The targets
+ * come by agent id, not by wave, as the coordinator lists them. */
+static void rollout_reply(msgpack_sbuffer *sb, const char *state, size_t bad_idlen) {
+  msgpack_sbuffer_init(sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 2);
+  pk_str(&pk, "rollout");
+  pk_rollout(&pk, "web-1.2.0-ab12", state, 1, 3, "");
+  pk_str(&pk, "targets");
+  msgpack_pack_array(&pk, 6);
+  pk_target(&pk, 0x11, 1, "success", "success", 32);
+  pk_target(&pk, 0x22, 0, "success", "success", 32);
+  pk_target(&pk, 0x33, 1, "rolled_back", "rolled_back: health check failed", bad_idlen);
+  pk_target(&pk, 0x44, 1, "success", "", 32);
+  pk_target(&pk, 0x55, 2, "waiting", "", 32);
+  pk_target(&pk, 0x66, 1, "success", "success", 32);
+}
+
+static void test_rollouts_table(void **state) {
+  (void)state;
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 1);
+  pk_str(&pk, "rollouts");
+  msgpack_pack_array(&pk, 2);
+  pk_rollout(&pk, "web-1.2.0-ab12", "running", 1, 3, "");
+  pk_rollout(&pk, "r2", "failed", 0, 2, "wave 1: 2 failures, more than the 1 allowed");
+  struct out o;
+  out_open(&o, false);
+  struct fy_err err = {0};
+  assert_int_equal(fy_admin_view_rollouts(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
+  out_close(&o);
+  assert_string_equal(o.buf,
+                      "ID              TENANT  ARTIFACT   STATE    WAVE  REASON\n"
+                      "web-1.2.0-ab12  lab     web@1.2.0  running  2/3   -\n"
+                      "r2              lab     web@1.2.0  failed   1/2   wave 1: 2 failures, more than the 1 "
+                      "allowed\n");
+  out_free(&o);
+
+  /* JSON: the reply as is. */
+  out_open(&o, true);
+  assert_int_equal(fy_admin_view_rollouts(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
+  out_close(&o);
+  json_error_t je;
+  json_t *j = json_loads(o.buf, 0, &je);
+  assert_non_null(j);
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(json_object_get(j, "rollouts"), 1), "state")),
+      "failed");
+  json_decref(j);
+  out_free(&o);
+  msgpack_sbuffer_destroy(&sb);
+
+  /* Empty list. */
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 1);
+  pk_str(&pk, "rollouts");
+  msgpack_pack_array(&pk, 0);
+  out_open(&o, false);
+  assert_int_equal(fy_admin_view_rollouts(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
+  out_close(&o);
+  assert_string_equal(o.buf, "no rollouts\n");
+  out_free(&o);
+  msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_rollout_show(void **state) {
+  (void)state;
+  msgpack_sbuffer sb;
+  rollout_reply(&sb, "running", 32);
+  struct out o;
+  out_open(&o, false);
+  struct fy_err err = {0};
+  assert_int_equal(fy_admin_view_rollout(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
+  out_close(&o);
+  assert_string_equal(o.buf, "id:        web-1.2.0-ab12\n"
+                             "tenant:    lab\n"
+                             "artifact:  web 1.2.0\n"
+                             "selector:  role=kiosk\n"
+                             "waves:     10,50,100\n"
+                             "policy:    grace 30s, min success 99.5%, max failures 1, skip offline agents, "
+                             "complete when no agent is eligible, action timeout 10m\n"
+                             "state:     running\n"
+                             "wave:      2/3\n"
+                             "created:   5m ago\n"
+                             "reason:    -\n"
+                             "\n"
+                             "wave 1/3: 1 agent: 1 success\n"
+                             "  222222222222  success      success\n"
+                             "\n"
+                             "wave 2/3: 4 agents: 3 success, 1 rolled_back\n"
+                             "  111111111111  success      success\n"
+                             "  333333333333  rolled_back  rolled_back: health check failed\n"
+                             "  444444444444  success\n"
+                             "  666666666666  success      success\n"
+                             "\n"
+                             "wave 3/3: 1 agent: 1 waiting\n"
+                             "  555555555555  waiting\n");
+  out_free(&o);
+  msgpack_sbuffer_destroy(&sb);
+
+  /* A malformed target: the field is named, nothing is printed. */
+  rollout_reply(&sb, "running", 31);
+  out_open(&o, false);
+  assert_int_equal(fy_admin_view_rollout(&o.v, (const uint8_t *)sb.data, sb.size, &err), FY_EINVAL);
+  out_close(&o);
+  assert_string_equal(err.msg, "rollout reply: targets[2]: agent is not bin 32");
+  assert_int_equal(o.len, 0);
+  struct fy_admin_rollout r;
+  assert_int_equal(fy_admin_rollout_read((const uint8_t *)sb.data, sb.size, &r, &err), FY_EINVAL);
+  out_free(&o);
+  msgpack_sbuffer_destroy(&sb);
+
+  /* A draft has no waves yet. */
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 2);
+  pk_str(&pk, "rollout");
+  pk_rollout(&pk, "r1", "draft", 0, 0, "");
+  pk_str(&pk, "targets");
+  msgpack_pack_array(&pk, 0);
+  out_open(&o, false);
+  assert_int_equal(fy_admin_view_rollout(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
+  out_close(&o);
+  assert_contains(o.buf, "wave:      -\n");
+  assert_contains(o.buf, "\nno agents yet: they are chosen when the rollout starts\n");
+  out_free(&o);
+  msgpack_sbuffer_destroy(&sb);
+
+  /* An unknown rollout state is refused by the watcher's reader. */
+  rollout_reply(&sb, "exploded", 32);
+  assert_int_equal(fy_admin_rollout_read((const uint8_t *)sb.data, sb.size, &r, &err), FY_EINVAL);
+  assert_string_equal(err.msg, "rollout reply: rollout: state 'exploded' is unknown");
+  msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_rollout_progress(void **state) {
+  (void)state;
+  char line[256];
+  struct fy_wave_counts c = {.total = 4, .success = 3, .failed = 1};
+  fy_admin_progress_line(&c, 0, 3, line, sizeof(line));
+  assert_string_equal(line, "wave 1/3 [#########---] 3/4 ok 1 failed");
+  c = (struct fy_wave_counts){
+      .total = 6, .success = 1, .rolled_back = 1, .timed_out = 1, .skipped = 1, .sent = 1, .working = 1};
+  fy_admin_progress_line(&c, 1, 2, line, sizeof(line));
+  assert_string_equal(line, "wave 2/2 [##----------] 1/6 ok 2 failed 1 skipped 2 in progress");
+  c = (struct fy_wave_counts){.total = 2, .waiting = 2};
+  fy_admin_progress_line(&c, 2, 3, line, sizeof(line));
+  assert_string_equal(line, "wave 3/3 [------------] 0/2 ok 2 waiting");
+  c = (struct fy_wave_counts){0};
+  fy_admin_progress_line(&c, 0, 1, line, sizeof(line));
+  assert_string_equal(line, "wave 1/1 [------------] 0/0 ok");
+
+  /* From a reply: per-wave counts, the one-line summary and the frame. */
+  msgpack_sbuffer sb;
+  rollout_reply(&sb, "running", 32);
+  struct fy_admin_rollout r;
+  struct fy_err err = {0};
+  assert_int_equal(fy_admin_rollout_read((const uint8_t *)sb.data, sb.size, &r, &err), 0);
+  assert_false(r.final);
+  assert_int_equal(r.wave, 1);
+  assert_int_equal(r.nwaves, 3);
+  assert_int_equal(r.waves[1].total, 4);
+  assert_int_equal(r.waves[1].rolled_back, 1);
+  fy_admin_rollout_summary(&r, line, sizeof(line));
+  assert_string_equal(line, "rollout web-1.2.0-ab12: running, wave 2/3: 3/4 ok 1 failed");
+  char lines[8][FY_ADMIN_FRAME_LINE_MAX];
+  assert_int_equal(fy_admin_rollout_frame(&r, lines, 8), 4);
+  assert_string_equal(lines[0], "rollout web-1.2.0-ab12 (web 1.2.0): running");
+  assert_string_equal(lines[1], "wave 1/3 [############] 1/1 ok");
+  assert_string_equal(lines[2], "wave 2/3 [#########---] 3/4 ok 1 failed");
+  assert_string_equal(lines[3], "wave 3/3 [------------] 0/1 ok 1 waiting");
+  msgpack_sbuffer_destroy(&sb);
+
+  rollout_reply(&sb, "partial", 32);
+  assert_int_equal(fy_admin_rollout_read((const uint8_t *)sb.data, sb.size, &r, &err), 0);
+  assert_true(r.final);
+  assert_int_equal(r.st, FY_ROLLOUT_PARTIAL);
+  snprintf(r.reason, sizeof(r.reason), "wave 3: done");
+  fy_admin_rollout_summary(&r, line, sizeof(line));
+  assert_string_equal(line, "rollout web-1.2.0-ab12: partial, wave 2/3: 3/4 ok 1 failed (wave 3: done)");
+  assert_int_equal(fy_admin_rollout_frame(&r, lines, 8), 5);
+  assert_string_equal(lines[4], "reason: wave 3: done");
+  msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_rollout_args(void **state) {
+  (void)state;
+  /* The default id: name-version-hex, lowercased, other bytes as '-'. */
+  char id[FY_ADMIN_ROLLOUT_ID_MAX + 1];
+  const uint8_t rnd[2] = {0xab, 0x12};
+  fy_admin_rollout_default_id("web", "1.2.0", rnd, id);
+  assert_string_equal(id, "web-1.2.0-ab12");
+  fy_admin_rollout_default_id("Web", "V2.0.0+Build/5", rnd, id);
+  assert_string_equal(id, "web-v2.0.0-build-5-ab12");
+  assert_true(fy_admin_rollout_id_ok(id));
+  fy_admin_rollout_default_id("a-very-long-artifact-name-indeed", "10.20.30-rc.1", rnd, id);
+  assert_int_equal(strlen(id), FY_ADMIN_ROLLOUT_ID_MAX);
+  assert_string_equal(id, "a-very-long-artifact-name-i-ab12");
+  assert_true(fy_admin_rollout_id_ok(id));
+  assert_false(fy_admin_rollout_id_ok(""));
+  assert_false(fy_admin_rollout_id_ok("Web"));
+  assert_false(fy_admin_rollout_id_ok("a-very-long-artifact-name-indeed-x"));
+
+  struct fy_err err = {0};
+  char name[64], version[64];
+  assert_int_equal(
+      fy_admin_artifact_ref_parse("web@1.2.0+b1", name, sizeof(name), version, sizeof(version), &err), 0);
+  assert_string_equal(name, "web");
+  assert_string_equal(version, "1.2.0+b1");
+  assert_int_equal(fy_admin_artifact_ref_parse("web", name, sizeof(name), version, sizeof(version), &err),
+                   FY_EINVAL);
+  assert_string_equal(err.msg, "artifact 'web' is not NAME@VERSION");
+  assert_int_equal(fy_admin_artifact_ref_parse("@1.0", name, sizeof(name), version, sizeof(version), &err),
+                   FY_EINVAL);
+
+  uint32_t pm = 0;
+  assert_int_equal(fy_admin_percent_parse("100%", &pm, &err), 0);
+  assert_int_equal(pm, 1000);
+  assert_int_equal(fy_admin_percent_parse("99.5%", &pm, &err), 0);
+  assert_int_equal(pm, 995);
+  assert_int_equal(fy_admin_percent_parse("80", &pm, &err), 0);
+  assert_int_equal(pm, 800);
+  assert_int_equal(fy_admin_percent_parse("101%", &pm, &err), FY_EINVAL);
+  assert_contains(err.msg, "'101%' is not a percentage");
+  assert_int_equal(fy_admin_percent_parse("%", &pm, &err), FY_EINVAL);
+  assert_int_equal(fy_admin_percent_parse("50.55%", &pm, &err), FY_EINVAL);
+
+  /* rollout.create args as proto/rollout.md has them. */
+  struct fy_labels sel = {0};
+  assert_int_equal(fy_labels_parse("role=kiosk", &sel, &err), 0);
+  struct fy_admin_rollout_args ra = {
+      .id = "r1", .name = "web", .version = "1.2.0", .selector = &sel, .waves = "10,50,100"};
+  fy_rollout_policy_default(&ra.policy);
+  ra.policy.grace_ms = 30000;
+  ra.policy.max_failures = UINT32_MAX;
+  struct fy_buf b = FY_BUF_INIT;
+  assert_int_equal(fy_admin_args_rollout_create(&ra, &b, &err), 0);
+  msgpack_zone zone;
+  msgpack_object o;
+  assert_int_equal(fy_admin_reply_unpack(b.data, b.len, "args", &zone, &o, &err), 0);
+  assert_int_equal(o.via.map.size, 7);
+  assert_memory_equal(fy_admin_map_get(&o, "id")->via.str.ptr, "r1", 2);
+  assert_memory_equal(fy_admin_map_get(&o, "waves")->via.str.ptr, "10,50,100", 9);
+  assert_int_equal(fy_admin_map_get(&o, "channel")->via.str.size, 0);
+  assert_int_equal(fy_admin_map_get(&o, "selector")->via.map.size, 1);
+  const msgpack_object *pol = fy_admin_map_get(&o, "policy");
+  assert_int_equal(fy_admin_map_get(pol, "grace_ms")->via.u64, 30000);
+  assert_int_equal(fy_admin_map_get(pol, "min_success_permille")->via.u64, 1000);
+  assert_int_equal(fy_admin_map_get(pol, "max_failures")->via.u64, UINT32_MAX);
+  assert_true(fy_admin_map_get(pol, "skip_offline")->via.boolean);
+  assert_true(fy_admin_map_get(pol, "abort_on_zero")->via.boolean);
+  assert_int_equal(fy_admin_map_get(pol, "action_timeout_ms")->via.u64, 600000);
+  msgpack_zone_destroy(&zone);
+  fy_buf_free(&b);
+
+  ra.waves = "50,10";
+  assert_int_equal(fy_admin_args_rollout_create(&ra, &b, &err), FY_EINVAL);
+  assert_int_equal(b.len, 0);
+  ra.waves = "3";
+  ra.id = "Bad Id";
+  assert_int_equal(fy_admin_args_rollout_create(&ra, &b, &err), FY_EINVAL);
+  assert_string_equal(err.msg, "rollout id 'Bad Id' must be 1..32 of [a-z0-9._-]");
+  assert_int_equal(fy_admin_args_rollout_id("r1", &b, &err), 0);
+  assert_int_equal(fy_admin_reply_unpack(b.data, b.len, "args", &zone, &o, &err), 0);
+  assert_int_equal(o.via.map.size, 1);
+  msgpack_zone_destroy(&zone);
+  fy_buf_free(&b);
+  assert_int_equal(fy_admin_args_rollout_id("", &b, &err), FY_EINVAL);
+
+  uint8_t env[3] = {1, 2, 3};
+  assert_int_equal(fy_admin_args_artifact_add(env, sizeof(env), &b, &err), 0);
+  assert_int_equal(fy_admin_reply_unpack(b.data, b.len, "args", &zone, &o, &err), 0);
+  assert_int_equal(fy_admin_map_get(&o, "manifest")->via.bin.size, 3);
+  msgpack_zone_destroy(&zone);
+  fy_buf_free(&b);
+}
+
+static void test_file_sha256(void **state) {
+  (void)state;
+  char path[] = "/tmp/test_admin_view.XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  /* More than one read chunk: the hash is streamed. */
+  static uint8_t data[200000];
+  for (size_t i = 0; i < sizeof(data); i++)
+    data[i] = (uint8_t)(i * 7);
+  assert_int_equal(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+  close(fd);
+  uint8_t got[32], want[32];
+  uint64_t size = 0;
+  struct fy_err err = {0};
+  assert_int_equal(fy_admin_file_sha256(path, got, &size, &err), 0);
+  crypto_hash_sha256(want, data, sizeof(data));
+  assert_memory_equal(got, want, 32);
+  assert_int_equal(size, sizeof(data));
+  unlink(path);
+  assert_int_equal(fy_admin_file_sha256(path, got, &size, &err), FY_ENOENT);
+  assert_contains(err.msg, path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_agents_table),
@@ -672,6 +1043,11 @@ int main(void) {
       cmocka_unit_test(test_next_seq),
       cmocka_unit_test(test_cmd_seal_roundtrip),
       cmocka_unit_test(test_args_enroll),
+      cmocka_unit_test(test_rollouts_table),
+      cmocka_unit_test(test_rollout_show),
+      cmocka_unit_test(test_rollout_progress),
+      cmocka_unit_test(test_rollout_args),
+      cmocka_unit_test(test_file_sha256),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -273,6 +273,39 @@ static int get_only(struct fy_txn *t, void *user) {
   return fy_agent_state_get_enrollment(t, &a->rec);
 }
 
+static int put_desired(struct fy_txn *t, void *user) {
+  return fy_agent_state_put_desired(t, fy_bytes_str(user));
+}
+
+static int get_desired(struct fy_txn *t, void *user) {
+  struct fy_bytes v;
+  int rc = fy_agent_state_get_desired(t, &v);
+  if (rc == 1)
+    snprintf(user, 32, "%.*s", (int)v.n, (const char *)v.p);
+  return rc;
+}
+
+static int del_desired(struct fy_txn *t, void *user) {
+  (void)user;
+  return fy_agent_state_del_desired(t);
+}
+
+static void store_keeps_one_desired_state(void **state) {
+  struct ctx *c = *state;
+  struct fy_err err;
+  char got[32] = "";
+  assert_int_equal(fy_store_read(c->store, get_desired, got, &err), 0);
+  char first[] = "first", second[] = "second";
+  assert_int_equal(fy_store_write(c->store, put_desired, first, &err), 0);
+  /* a newer one replaces the one still waiting */
+  assert_int_equal(fy_store_write(c->store, put_desired, second, &err), 0);
+  assert_int_equal(fy_store_read(c->store, get_desired, got, &err), 1);
+  assert_string_equal(got, "second");
+  assert_int_equal(fy_store_write(c->store, del_desired, NULL, &err), 1);
+  assert_int_equal(fy_store_write(c->store, del_desired, NULL, &err), 0);
+  assert_int_equal(fy_store_read(c->store, get_desired, got, &err), 0);
+}
+
 static void store_keeps_record_and_statements_in_order(void **state) {
   struct ctx *c = *state;
   struct fy_err err;
@@ -577,6 +610,11 @@ static struct fy_agent_status sample_status(const struct ctx *c) {
   };
   snprintf(s.last_error, sizeof(s.last_error), "timed out \"dialling\" 127.0.0.1:4433\n\xff");
   snprintf(s.tenant, sizeof(s.tenant), "lab");
+  snprintf(s.apply_state, sizeof(s.apply_state), "rolled_back");
+  snprintf(s.apply_rollout, sizeof(s.apply_rollout), "r-42");
+  snprintf(s.apply_version, sizeof(s.apply_version), "1.2.0");
+  snprintf(s.apply_previous, sizeof(s.apply_previous), "1.1.0");
+  snprintf(s.apply_message, sizeof(s.apply_message), "health check failed\n(exit 1)");
   struct fy_err err;
   assert_int_equal(fy_labels_parse("role=kiosk,site=berlin", &s.labels, &err), 0);
   return s;
@@ -613,6 +651,11 @@ static void status_round_trip(void **state) {
   assert_int_equal(r.facts_sent_at, s.facts_sent_at);
   assert_int_equal(r.updated_at, s.updated_at);
   assert_int_equal(r.pid, 4242);
+  assert_string_equal(r.apply_state, "rolled_back");
+  assert_string_equal(r.apply_rollout, "r-42");
+  assert_string_equal(r.apply_version, "1.2.0");
+  assert_string_equal(r.apply_previous, "1.1.0");
+  assert_string_equal(r.apply_message, "health check failed?(exit 1)");
 
   char *text = NULL;
   size_t len = 0;
@@ -623,12 +666,16 @@ static void status_round_trip(void **state) {
   assert_contains(text, "link:        up since 2026-01-01T00:00:00Z\n");
   assert_contains(text, "labels:      role=kiosk,site=berlin\n");
   assert_contains(text, "queued:      3\n");
+  assert_contains(text, "apply:       rolled_back rollout r-42\n");
+  assert_contains(text, "version:     1.2.0\n");
+  assert_contains(text, "previous:    1.1.0\n");
   free(text);
   f = open_memstream(&text, &len);
   assert_int_equal(fy_agent_status_print(&r, true, f, &err), 0);
   fclose(f);
   assert_contains(text, "\"state\": \"enrolled\"");
   assert_contains(text, "\"site\": \"berlin\"");
+  assert_contains(text, "\"previous\": \"1.1.0\"");
   free(text);
 }
 
@@ -653,6 +700,24 @@ static void status_missing_or_damaged(void **state) {
   assert_int_equal(fy_agent_status_read(c->dir, &r, &err), FY_EINVAL);
   assert_contains(err.msg, "status");
 
+  /* an older agent's file has no apply object: it reads as "" */
+  f = fopen(path, "w");
+  fputs("{\"state\": \"enrolled\", \"coordinator\": null, \"link\": {\"up\": false, \"since\": 0, "
+        "\"last_error\": \"\"}, \"tenant\": \"\", \"labels\": {}, \"queued\": 0, \"facts_sent_at\": 0, "
+        "\"updated_at\": 0, \"pid\": 1}",
+        f);
+  fclose(f);
+  assert_int_equal(fy_agent_status_read(c->dir, &r, &err), 0);
+  assert_string_equal(r.apply_state, "");
+  f = fopen(path, "w");
+  fputs("{\"state\": \"enrolled\", \"coordinator\": null, \"link\": {\"up\": false, \"since\": 0, "
+        "\"last_error\": \"\"}, \"tenant\": \"\", \"labels\": {}, \"queued\": 0, \"facts_sent_at\": 0, "
+        "\"updated_at\": 0, \"pid\": 1, \"apply\": {\"state\": 7}}",
+        f);
+  fclose(f);
+  assert_int_equal(fy_agent_status_read(c->dir, &r, &err), FY_EINVAL);
+  assert_contains(err.msg, "state is not a string");
+
   assert_int_equal(fy_agent_status_write("/nonexistent/dir", &r, &err), FY_ENOENT);
   assert_contains(err.msg, "/nonexistent/dir/status.tmp");
 }
@@ -675,6 +740,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(record_round_trip, setup, teardown),
       cmocka_unit_test_setup_teardown(record_bad_input, setup, teardown),
       cmocka_unit_test_setup_teardown(store_keeps_record_and_statements_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(store_keeps_one_desired_state, setup, teardown),
       cmocka_unit_test_setup_teardown(enroll_keeps_the_accepted_statements_in_order, setup, teardown),
       cmocka_unit_test_setup_teardown(a_tampered_store_is_refused_on_reload, setup, teardown),
       cmocka_unit_test_setup_teardown(request_with_and_without_a_secret, setup, teardown),
