@@ -75,7 +75,7 @@ static void copy_text(char *out, size_t cap, const char *in) {
 }
 
 static void set_error(struct agent *a, const char *msg) {
-  snprintf(a->last_error, sizeof(a->last_error), "%s", msg);
+  copy_text(a->last_error, sizeof(a->last_error), msg);
 }
 
 static void refresh_queued(struct agent *a) {

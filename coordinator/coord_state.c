@@ -414,6 +414,12 @@ static int apply_admin(struct fy_coord *c, struct fy_txn *t, const struct fy_adm
   int rc = get_admin(t, &next.key, &target);
   if (rc < 0)
     return rc;
+  if (rc == 0 && !set) {
+    char hex[FY_NODEID_SHORT_LEN + 1];
+    fy_nodeid_to_short(&next.key, hex);
+    *r = refuse(why, FY_CMD_NOT_FOUND, "admin %s does not exist", hex);
+    return 0;
+  }
   *r = fy_trust_check_admin_change(signer, rc == 1 ? &target : NULL, set ? &next : NULL, why);
   if (*r != FY_CMD_OK)
     return 0;

@@ -11,7 +11,9 @@
 #
 #   tests/netns_fleet.sh FERRY_BINARY
 #
-# Needs root (ip netns, iptables); exits 77 (skipped) with a message otherwise.
+# Enrollment, facts and an admin query across the NAT, then a rollout of a
+# signed artifact to the NAT'ed agents. Needs root (ip netns, iptables);
+# exits 77 (skipped) with a message otherwise.
 # Ends with "N passed, N failed".
 set -uo pipefail
 
@@ -80,7 +82,21 @@ t_network() {
   ! in_ns pub ping -c1 -W1 192.168.77.2 >/dev/null 2>&1
 }
 
+# The applier the agents run: installs the artifact beside their data.
+write_applier() {
+  cat >"$tmp/apply.sh" <<'EOF'
+#!/bin/sh
+dir=$(dirname "$FERRY_ARTIFACT")/..
+case "$FERRY_ACTION" in
+activate) cp "$FERRY_ARTIFACT" "$dir/installed" && echo "$FERRY_VERSION" >"$dir/installed.version" ;;
+rollback) echo "${FERRY_PREVIOUS_VERSION:-none}" >"$dir/installed.version" ;;
+esac
+EOF
+  chmod +x "$tmp/apply.sh"
+}
+
 t_coordinator_on_public_segment() {
+  write_applier
   "$ferry" key generate --out "$tmp/owner.key" >/dev/null 2>&1 || return 1
   in_ns pub "$ferry" coordinator init --owner "$("$ferry" key show --id "$tmp/owner.key")" \
     --data-dir "$tmp/coord" >/dev/null 2>&1 || return 1
@@ -99,7 +115,8 @@ t_agents_enroll_from_behind_nat() {
     in_ns lan$n "$ferry" agent enroll --data-dir "$tmp/a$n" --key-file "$tmp/a$n/node.key" "$ticket" \
       >"$tmp/a$n.enroll" 2>&1 || { cat "$tmp/a$n.enroll" >&2; return 1; }
     in_ns lan$n "$ferry" agent --data-dir "$tmp/a$n" --key-file "$tmp/a$n/node.key" --keepalive 1s \
-      --labels "pos=till$n" >"$tmp/a$n.log" 2>&1 &
+      --labels "pos=till$n" --apply-command "$tmp/apply.sh" --health-command /bin/true \
+      >"$tmp/a$n.log" 2>&1 &
     pids+=("$!")
   done
 }
@@ -119,6 +136,17 @@ t_admin_query_from_third_segment() {
   case "$out" in *"2 enrolled"*"2 online"*) ;; *) echo "  $out" >&2; return 1 ;; esac
 }
 
+t_rollout_reaches_agents_behind_nat() {
+  # The desired state rides the connections the agents opened through the NAT.
+  printf 'till software 2.0.0\n' >"$tmp/app-2.0.0"
+  admin artifact add --tenant shop --name till --version 2.0.0 --file "$tmp/app-2.0.0" >/dev/null 2>&1 || return 1
+  admin rollout create --tenant shop --artifact till@2.0.0 --waves 2 --id nat >/dev/null 2>&1 || return 1
+  admin rollout start nat --tenant shop >/dev/null 2>&1 || return 1
+  until_ok 60 eval 'admin rollout show nat | grep -q "^state: *completed"' || return 1
+  local n
+  for n in 1 2; do [ "$(cat "$tmp/a$n/installed.version" 2>/dev/null)" = 2.0.0 ] || return 1; done
+}
+
 t_traffic_went_through_the_nat() {
   # the MASQUERADE rule translated the agents' flows (packet count > 0)
   local pkts
@@ -131,5 +159,6 @@ check coordinator_on_public_segment t_coordinator_on_public_segment
 check agents_enroll_from_behind_nat t_agents_enroll_from_behind_nat
 check facts_from_both_agents t_facts_from_both_agents
 check admin_query_from_third_segment t_admin_query_from_third_segment
+check rollout_reaches_agents_behind_nat t_rollout_reaches_agents_behind_nat
 check traffic_went_through_the_nat t_traffic_went_through_the_nat
 finish

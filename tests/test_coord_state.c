@@ -106,6 +106,12 @@ static void test_admin_changes_follow_scope(void **state) {
   struct fy_admin v = {.key = f->keys[K_VIEWER].id};
   assert_int_equal(fy_admin_args_encode(&v, false, &c.args, NULL), 0);
   assert_int_equal(run(f, &c, NULL, 0), FY_CMD_OK);
+  /* removing it again: it is gone */
+  struct cmd again = {.signer = K_OWNER2, .issuer = K_OWNER2, .coord = K_COORD, .name = "admin.remove"};
+  assert_int_equal(fy_admin_args_encode(&v, false, &again.args, NULL), 0);
+  char why[256];
+  assert_int_equal(run(f, &again, why, sizeof(why)), FY_CMD_NOT_FOUND);
+  assert_non_null(strstr(why, "does not exist"));
   struct cmd c2 = {.signer = K_VIEWER, .issuer = K_VIEWER, .coord = K_COORD, .name = "agents.revoke"};
   args_id(&c2.args, "id", &f->keys[K_AGENT].id, NULL);
   assert_int_equal(run(f, &c2, NULL, 0), FY_CMD_UNKNOWN_SIGNER);

@@ -108,6 +108,9 @@ static void test_authorize(void **state) {
   assert_int_equal(fy_trust_authorize(&op, &b, &err), FY_CMD_FORBIDDEN_TENANT);
   snprintf(b.cmd, sizeof(b.cmd), "admin.set");
   assert_int_equal(fy_trust_authorize(&op, &b, &err), FY_CMD_FORBIDDEN_ROLE);
+  struct fy_admin owner;
+  admin(&owner, ROOT, FY_ROLE_OWNER, "*");
+  assert_int_equal(fy_trust_check_admin_change(&owner, NULL, NULL, &err), FY_CMD_NOT_FOUND);
   snprintf(b.cmd, sizeof(b.cmd), "reboot.everything");
   assert_int_equal(fy_trust_authorize(&op, &b, &err), FY_CMD_INVALID_ARGS);
   assert_non_null(strstr(err.msg, "unknown command"));

@@ -7,7 +7,8 @@
 #
 # The admin makes a ticket; both agents enroll with it from behind the NAT
 # through the NixOS module's ticketFile; the admin sees them enrolled, online
-# and with facts, from its own segment.
+# and with facts, from its own segment; then it rolls a signed artifact out
+# to them in two waves and both install it.
 #
 # Called from nix/checks/vm-fleet-nat.nix with pkgs and the module.
 { pkgs, ferryModule }:
@@ -16,6 +17,15 @@ let
   # module runs init on first start when `owner` is set, so the coordinator
   # gets it through a file the test writes before starting the service.
   ownerFile = "/run/ferry-owner";
+
+  # The script applier: installs the artifact as /var/lib/app/current.
+  applier = pkgs.writeShellScript "install-app" ''
+    mkdir -p /var/lib/app
+    case "$FERRY_ACTION" in
+    activate) cp "$FERRY_ARTIFACT" /var/lib/app/current && echo "$FERRY_VERSION" > /var/lib/app/version ;;
+    rollback) echo "''${FERRY_PREVIOUS_VERSION:-none}" > /var/lib/app/version ;;
+    esac
+  '';
 
   agentNode = address: {
     imports = [ ferryModule ];
@@ -31,7 +41,11 @@ let
     services.ferry.agent = {
       enable = true;
       ticketFile = "/run/ferry.ticket";
-      settings.keepalive = "2s";
+      settings = {
+        keepalive = "2s";
+        apply_command = "${applier}";
+        health_command = "${pkgs.coreutils}/bin/true";
+      };
     };
     # Started by the test script once the ticket is in place.
     systemd.services.ferry-agent.wantedBy = pkgs.lib.mkForce [ ];
@@ -149,5 +163,16 @@ pkgs.testers.runNixOSTest {
 
     # The coordinator cannot open a flow into the LAN: the agents dialled out.
     coordinator.fail("ping -c1 -W1 10.0.2.2")
+
+    # A signed artifact rolled out in two waves to the agents behind the NAT.
+    # The same file sits at the same path on every machine (file:// URI).
+    for machine in (admin, agent1, agent2):
+        machine.succeed("mkdir -p /srv && echo 'app 2.0.0' > /srv/app-2.0.0")
+    admin.succeed(f"{admin_env} ferry admin artifact add --tenant shop --name app --version 2.0.0 --file /srv/app-2.0.0")
+    admin.succeed(f"{admin_env} ferry admin rollout create --tenant shop --artifact app@2.0.0 --waves 2 --id nat")
+    admin.succeed(f"{admin_env} ferry admin rollout start nat --tenant shop")
+    admin.wait_until_succeeds(f"{admin_env} ferry admin rollout show nat | grep -q '^state: *completed'", timeout=120)
+    for agent in (agent1, agent2):
+        agent.succeed("grep -qx 2.0.0 /var/lib/app/version")
   '';
 }

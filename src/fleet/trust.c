@@ -150,6 +150,10 @@ enum fy_cmd_refusal fy_trust_authorize(const struct fy_admin *signer, const stru
 
 enum fy_cmd_refusal fy_trust_check_admin_change(const struct fy_admin *signer, const struct fy_admin *target,
                                                 const struct fy_admin *next, struct fy_err *err) {
+  if (!target && !next) {
+    fy_err_set(err, FY_ENOENT, "no such admin to remove");
+    return FY_CMD_NOT_FOUND;
+  }
   char id[FY_NODEID_SHORT_LEN + 1];
   fy_nodeid_to_short(next ? &next->key : &target->key, id);
   if (signer->role != FY_ROLE_OWNER) {
@@ -167,10 +171,6 @@ enum fy_cmd_refusal fy_trust_check_admin_change(const struct fy_admin *signer, c
   if (next && !fy_admin_covers_all(signer, next)) {
     fy_err_set(err, FY_EPERM, "admin %s would get tenants outside the signer's scope", id);
     return FY_CMD_FORBIDDEN_TENANT;
-  }
-  if (!target && !next) {
-    fy_err_set(err, FY_ENOENT, "admin %s does not exist", id);
-    return FY_CMD_NOT_FOUND;
   }
   return FY_CMD_OK;
 }
