@@ -53,6 +53,8 @@ struct server {
   uv_timer_t tick_timer;
   uv_work_t tick_work;
   bool ticking;
+  uint64_t started_at;           /* uv_now at start */
+  bool tick_settled;             /* past SETTLE_MS when the tick was queued */
   struct fy_nodeid *tick_online; /* sorted */
   size_t tick_nonline;
   const struct fy_log *log;
@@ -192,8 +194,17 @@ static int id_cmp(const void *a, const void *b) {
   return memcmp(a, b, FY_NODEID_LEN);
 }
 
+/* After a restart, agents come back only when their keep-alive meets the
+ * new endpoint's stateless reset (up to twice their keep-alive interval).
+ * Until then "not connected" does not mean offline: nobody is skipped as
+ * offline during this window (a truly offline agent then times out
+ * instead of being skipped). */
+#define SETTLE_MS 30000
+
 static bool in_snapshot(const struct fy_nodeid *id, void *user) {
   struct server *s = user;
+  if (!s->tick_settled)
+    return true;
   return s->tick_nonline && bsearch(id, s->tick_online, s->tick_nonline, sizeof(*id), id_cmp) != NULL;
 }
 
@@ -231,6 +242,7 @@ static void on_tick(uv_timer_t *t) {
   if (n)
     qsort(s->tick_online, n, sizeof(*s->tick_online), id_cmp);
   s->tick_nonline = n;
+  s->tick_settled = uv_now(&s->loop) >= s->started_at + SETTLE_MS;
   s->ticking = true;
   s->tick_work.data = s;
   if (uv_queue_work(&s->loop, &s->tick_work, tick_work, tick_done) != 0)
@@ -471,6 +483,7 @@ int fy_coord_serve(const struct fy_coord_serve_config *cfg, struct fy_err *err) 
     s->sigint.data = s->sigterm.data = s;
     uv_signal_start(&s->sigint, on_signal, SIGINT);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    s->started_at = uv_now(&s->loop);
     uv_timer_start(&s->tick_timer, on_tick, TICK_MS, TICK_MS);
     print_banner(s, cfg);
     fy_info(s->log, "coordinator.ready", "data_dir", cfg->data_dir);

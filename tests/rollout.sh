@@ -16,6 +16,7 @@ test_name=rollout
 export FERRY_LOG_LEVEL=info
 NAGENTS=5
 SICK=3 # this agent's health check fails: it rolls back
+mapfile -t HEALTHY < <(seq 1 $NAGENTS | grep -vx "$SICK")
 
 # ---- the fleet ---------------------------------------------------------------------------
 
@@ -24,11 +25,16 @@ SICK=3 # this agent's health check fails: it rolls back
 cat >"$tmp/apply.sh" <<'EOF'
 #!/bin/sh
 dir=$(dirname "$FERRY_ARTIFACT")/..
+# "slow" in the agent's directory: an activation takes 3 s (time to kill the agent in)
+[ "$FERRY_ACTION" = activate ] && [ -e "$dir/slow" ] && sleep 3
 case "$FERRY_ACTION" in
 activate) cp "$FERRY_ARTIFACT" "$dir/installed" && echo "$FERRY_VERSION" >"$dir/installed.version" ;;
 rollback) echo "${FERRY_PREVIOUS_VERSION:-none}" >"$dir/installed.version" ;;
 *) exit 2 ;;
 esac
+# every completed action, one line each: what the tests count (the agent's
+# log does not carry the applier's output, only its reports do)
+echo "$FERRY_ACTION $FERRY_VERSION" >>"$dir/activations"
 echo "applied $FERRY_ACTION $FERRY_VERSION"
 EOF
 chmod +x "$tmp/apply.sh"
@@ -61,26 +67,58 @@ start_agent() { # N [flags...]
     --apply-command "$tmp/apply.sh" --health-command "$health" --health-timeout 5s --version 1.0.0 "$@"
   agent_pid[$n]=$!
 }
+stop_agent() { # N [SIGNAL]
+  kill -"${2:-TERM}" "${agent_pid[$1]}"
+  wait "${agent_pid[$1]}" 2>/dev/null
+  return 0
+}
+agent_id() { "$ferry" key show --id "$tmp/a$1/node.key"; }
+is_online() { # N: the coordinator sees agent N connected
+  local id
+  id=$(agent_id "$1")
+  admin agents list --json 2>>"$tmp/show.err" | python3 -c "import json,sys
+r=json.load(sys.stdin); sys.exit(0 if [a for a in r['agents'] if a['id'] == '$id' and a['online']] else 1)"
+}
+is_offline() { ! is_online "$1"; }
 installed() { cat "$tmp/a$1/installed.version" 2>/dev/null || echo "none"; }
+# completed activations of VERSION by agent N (apply.sh writes them)
+activations() { # N VERSION
+  if [ -e "$tmp/a$1/activations" ]; then grep -cx "activate $2" "$tmp/a$1/activations"; else echo 0; fi
+}
 
 # A rollout's JSON as `ferry admin rollout show --json` prints it; field via python.
 rollout_field() { # ID EXPR  (EXPR over r = the reply)
   admin rollout show "$1" --json 2>>"$tmp/show.err" | python3 -c "import json,sys; r=json.load(sys.stdin); print($2)"
 }
 rollout_state() { rollout_field "$1" 'r["rollout"]["state"]'; }
-target_state() { # ID AGENT_N
+target_field() { # ID AGENT_N KEY  (state, wave, msg)
   local id
-  id=$("$ferry" key show --id "$tmp/a$2/node.key")
-  rollout_field "$1" "[t['state'] for t in r['targets'] if t['agent'] == '$id'][0]"
+  id=$(agent_id "$2")
+  rollout_field "$1" "[t['$3'] for t in r['targets'] if t['agent'] == '$id'][0]"
+}
+target_state() { target_field "$1" "$2" state; } # ID AGENT_N
+count_targets() { # ID STATE...: how many targets are in one of these states
+  local states
+  states=$(printf '"%s",' "${@:2}")
+  rollout_field "$1" "sum(1 for t in r['targets'] if t['state'] in ($states))"
+}
+all_answered() { [ "$(count_targets "$1" waiting sent working)" = 0 ]; } # ID: every target has an outcome
+healthy_at() { # VERSION [N...]: every healthy agent but N... has VERSION installed
+  local v=$1 n
+  shift
+  for n in "${HEALTHY[@]}"; do
+    [[ " $* " == *" $n "* ]] && continue
+    [ "$(installed "$n")" = "$v" ] || { echo "  agent $n has $(installed "$n"), not $v" >&2; return 1; }
+  done
 }
 is_final() { [[ "$(rollout_state "$1")" =~ ^(completed|partial|failed|aborted)$ ]]; }
 wait_final() { until_ok "$2" is_final "$1"; } # ID SECONDS
 
 # An artifact file per version.
-artifact() { # VERSION
+artifact() { # VERSION [FLAGS...]
   printf 'app %s\n' "$1" >"$tmp/app-$1"
   head -c 20000 /dev/urandom >>"$tmp/app-$1"
-  run 0 admin artifact add --tenant lab --name app --version "$1" --file "$tmp/app-$1"
+  run 0 admin artifact add --tenant lab --name app --version "$1" --file "$tmp/app-$1" "${@:2}"
 }
 
 t_fleet_enrolls() {
@@ -110,6 +148,25 @@ t_waves_with_a_rollback() {
   run 0 admin rollout show r2 && has "$out" "rolled_back"
 }
 
+t_retry_resends_to_the_failed_only() {
+  # r2 ended partial: every agent activated 2.0.0 once, the sick one rolled it back
+  local n
+  for n in $(seq 1 $NAGENTS); do [ "$(activations "$n" 2.0.0)" = 1 ] || return 1; done
+  run 0 admin rollout retry r2 --tenant lab || return 1
+  wait_final r2 30 || return 1
+  [ "$(rollout_state r2)" = partial ] || return 1
+  [ "$(target_state r2 $SICK)" = rolled_back ] || return 1
+  # the sick agent got it (and rolled it back) a second time; the others did not get it again
+  [ "$(activations $SICK 2.0.0)" = 2 ] || return 1
+  [ "$(grep -cx 'rollback 2.0.0' "$tmp/a$SICK/activations")" = 2 ] || return 1
+  [ "$(grep -c 'desired.accepted.*r2' "$tmp/a$SICK.log")" = 2 ] || return 1
+  for n in "${HEALTHY[@]}"; do
+    [ "$(target_state r2 "$n")" = success ] && [ "$(activations "$n" 2.0.0)" = 1 ] || return 1
+    [ "$(grep -c 'desired\..*r2' "$tmp/a$n.log")" = 1 ] || return 1
+  done
+  healthy_at 2.0.0
+}
+
 t_failure_threshold_stops_later_waves() {
   artifact 3.0.0 || return 1
   # one wave per agent; the sick agent's failure ends the rollout there
@@ -127,7 +184,9 @@ t_failure_threshold_stops_later_waves() {
 
 t_coordinator_killed_mid_rollout() {
   artifact 4.0.0 || return 1
-  # every agent but the sick one, in 3 waves with a grace period to kill in
+  # every agent, in 2 waves with a grace period to kill in; skip-offline (the default) on:
+  # the restarted coordinator may start wave 2 before every agent has noticed the restart
+  # and dialled again, and must not skip those agents as offline
   run 0 admin rollout create --tenant lab --artifact app@4.0.0 --waves 2 --max-failures 1 --min-success 0 \
     --grace 2s --id r4 || return 1
   run 0 admin rollout start r4 --tenant lab || return 1
@@ -143,10 +202,10 @@ t_coordinator_killed_mid_rollout() {
   for n in $(seq 1 $NAGENTS); do
     [ "$n" = "$SICK" ] || [ "$(installed "$n")" = 4.0.0 ] || return 1
   done
-  # nothing applied twice: one activation per agent for 4.0.0 in its log
+  # nothing applied twice: one activation of 4.0.0 per healthy agent (apply.sh counts them)
   for n in $(seq 1 $NAGENTS); do
     [ "$n" = "$SICK" ] && continue
-    [ "$(grep -c 'applied activate 4.0.0' "$tmp/a$n.log")" -le 1 ] || return 1
+    [ "$(activations "$n" 4.0.0)" = 1 ] || return 1
   done
 }
 
@@ -165,9 +224,166 @@ t_tampered_artifact_refused() {
   done
 }
 
+t_pause_holds_later_waves() {
+  artifact 6.0.0 || return 1
+  # one wave per agent, 3 s apart; the sick agent's rollback is tolerated
+  run 0 admin rollout create --tenant lab --artifact app@6.0.0 --waves $NAGENTS --grace 3s --max-failures 1 \
+    --min-success 0 --id r6 || return 1
+  local n
+  declare -A before
+  for n in $(seq 1 $NAGENTS); do before[$n]=$(installed "$n"); done
+  run 0 admin rollout start r6 --tenant lab || return 1
+  # paused as soon as the first wave is under way (its agent goes on; the next waves wait)
+  until_ok 10 eval '[ "$(count_targets r6 waiting)" -lt $NAGENTS ]' || return 1
+  run 0 admin rollout pause r6 --tenant lab || return 1
+  # longer than a wave and its grace period: running, the second wave would have started
+  sleep 5
+  [ "$(rollout_state r6)" = paused ] || return 1
+  [ "$(count_targets r6 success rolled_back)" = 1 ] || return 1
+  [ "$(rollout_field r6 'r["rollout"]["wave"]')" = 0 ] || return 1
+  [ "$(rollout_field r6 'sum(1 for t in r["targets"] if t["wave"] > 0 and t["state"] != "waiting")')" = 0 ] ||
+    return 1
+  for n in $(seq 1 $NAGENTS); do
+    [ "$(target_field r6 "$n" wave)" = 0 ] && continue
+    [ "$(installed "$n")" = "${before[$n]}" ] && [ "$(activations "$n" 6.0.0)" = 0 ] || return 1
+  done
+  run 0 admin rollout resume r6 --tenant lab || return 1
+  wait_final r6 60 || return 1
+  [ "$(rollout_state r6)" = partial ] || return 1
+  [ "$(target_state r6 $SICK)" = rolled_back ] || return 1
+  healthy_at 6.0.0
+}
+
+t_offline_agent_catches_up() {
+  local off=${HEALTHY[0]} was
+  was=$(installed "$off")
+  stop_agent "$off"
+  until_ok 15 is_offline "$off" || return 1
+  artifact 7.0.0 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@7.0.0 --no-skip-offline --action-timeout 60s \
+    --max-failures 1 --min-success 0 --id r7 || return 1
+  run 0 admin rollout start r7 --tenant lab || return 1
+  # the others get to an outcome; the offline agent's target stays sent and the rollout waits for it
+  until_ok 30 eval '[ "$(count_targets r7 success rolled_back)" = $((NAGENTS - 1)) ]' || return 1
+  [ "$(rollout_state r7)" = running ] && [ "$(target_state r7 "$off")" = sent ] || return 1
+  [ "$(installed "$off")" = "$was" ] || return 1
+  start_agent "$off"
+  wait_final r7 30 || return 1
+  [ "$(rollout_state r7)" = partial ] || return 1
+  [ "$(target_state r7 "$off")" = success ] || return 1
+  [ "$(activations "$off" 7.0.0)" = 1 ] || return 1
+  healthy_at 7.0.0
+}
+
+t_action_timeout() {
+  local off=${HEALTHY[1]} was
+  was=$(installed "$off")
+  stop_agent "$off"
+  until_ok 15 is_offline "$off" || return 1
+  artifact 8.0.0 || return 1
+  # the sick agent's rollback is one failure (tolerated); the silent agent's time out is the second.
+  # (--max-failures 0 would fail the rollout at the rollback, before any time out.)
+  run 0 admin rollout create --tenant lab --artifact app@8.0.0 --no-skip-offline --action-timeout 3s \
+    --max-failures 1 --min-success 0 --id r8 || return 1
+  run 0 admin rollout start r8 --tenant lab || return 1
+  wait_final r8 30 || return 1
+  [ "$(rollout_state r8)" = failed ] || return 1
+  [ "$(target_state r8 "$off")" = timed_out ] || return 1
+  has "$(target_field r8 "$off" msg)" "no outcome" || return 1
+  # back online, it never gets the stale desired state
+  start_agent "$off"
+  until_ok 15 is_online "$off" || return 1
+  sleep 2
+  [ "$(target_state r8 "$off")" = timed_out ] || return 1
+  [ "$(installed "$off")" = "$was" ] && [ "$(activations "$off" 8.0.0)" = 0 ] || return 1
+  ! grep -q 'desired.*r8' "$tmp/a$off.log" || return 1
+  until_ok 10 healthy_at 8.0.0 "$off"
+}
+
+t_agent_killed_mid_apply() {
+  local k=${HEALTHY[2]}
+  : >"$tmp/a$k/slow" # its activations take 3 s
+  artifact 9.0.0 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@9.0.0 --max-failures 1 --min-success 0 --id r9 || return 1
+  run 0 admin rollout start r9 --tenant lab || return 1
+  until_ok 20 eval '[ "$(target_state r9 $k)" = working ] && [[ "$(target_field r9 $k msg)" == activating* ]]' ||
+    return 1
+  [ "$(installed "$k")" != 9.0.0 ] || { echo "  the activation ended before the kill" >&2; return 1; }
+  stop_agent "$k" KILL
+  start_agent "$k"
+  wait_final r9 30 || return 1
+  rm -f "$tmp/a$k/slow"
+  [ "$(rollout_state r9)" = partial ] || return 1
+  [ "$(target_state r9 "$k")" = success ] || return 1
+  # recovery from "activating" ran the health check, not the applier
+  grep -q 'apply.resume.*activating' "$tmp/a$k.log" || return 1
+  # the applier the dead agent left running finishes; no second one ran
+  until_ok 10 eval '[ "$(installed $k)" = 9.0.0 ] && [ "$(activations $k 9.0.0)" -ge 1 ]' || return 1
+  sleep 1
+  [ "$(activations "$k" 9.0.0)" = 1 ] || return 1
+  healthy_at 9.0.0
+}
+
+t_downgrade_refused() {
+  # one step down from 9.0.0, not allowed: every agent at 9.0.0 refuses it
+  artifact 8.9.0 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@8.9.0 --id rd1 || return 1
+  run 0 admin rollout start rd1 --tenant lab || return 1
+  wait_final rd1 30 || return 1
+  until_ok 20 all_answered rd1 || return 1
+  [ "$(rollout_state rd1)" = failed ] || return 1
+  local n
+  for n in "${HEALTHY[@]}"; do
+    [ "$(target_state rd1 "$n")" = failed ] || return 1
+    has "$(target_field rd1 "$n" msg)" downgrade || return 1
+    [ "$(activations "$n" 8.9.0)" = 0 ] || return 1
+  done
+  healthy_at 9.0.0 || return 1
+  run 0 admin rollout show rd1 && has "$out" downgrade || return 1
+  # the same step down signed with --allow-downgrade installs
+  artifact 8.9.1 --allow-downgrade || return 1
+  run 0 admin rollout create --tenant lab --artifact app@8.9.1 --max-failures 1 --min-success 0 --id rd2 || return 1
+  run 0 admin rollout start rd2 --tenant lab || return 1
+  wait_final rd2 30 || return 1
+  [ "$(rollout_state rd2)" = partial ] || return 1
+  for n in "${HEALTHY[@]}"; do [ "$(target_state rd2 "$n")" = success ] || return 1; done
+  healthy_at 8.9.1
+}
+
+t_pinned_agent_untouched() {
+  local p=${HEALTHY[3]} was
+  was=$(installed "$p")
+  stop_agent "$p"
+  until_ok 15 is_offline "$p" || return 1
+  start_agent "$p" --update-mode pinned
+  until_ok 15 is_online "$p" || return 1
+  artifact 10.0.0 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@10.0.0 --max-failures 2 --min-success 0 --id r10 || return 1
+  run 0 admin rollout start r10 --tenant lab || return 1
+  wait_final r10 30 || return 1
+  [ "$(rollout_state r10)" = partial ] || return 1
+  [ "$(target_state r10 "$p")" = failed ] || return 1
+  has "$(target_field r10 "$p" msg)" pinned || return 1
+  run 0 admin rollout show r10 && has "$out" pinned || return 1
+  [ "$(installed "$p")" = "$was" ] && [ "$(activations "$p" 10.0.0)" = 0 ] || return 1
+  healthy_at 10.0.0 "$p" || return 1
+  # following again, as the fleet was
+  stop_agent "$p"
+  until_ok 15 is_offline "$p" || return 1
+  start_agent "$p"
+  until_ok 15 is_online "$p"
+}
+
 check fleet_enrolls t_fleet_enrolls
 check waves_with_a_rollback t_waves_with_a_rollback
+check retry_resends_to_the_failed_only t_retry_resends_to_the_failed_only
 check failure_threshold_stops_later_waves t_failure_threshold_stops_later_waves
 check coordinator_killed_mid_rollout t_coordinator_killed_mid_rollout
 check tampered_artifact_refused t_tampered_artifact_refused
+check pause_holds_later_waves t_pause_holds_later_waves
+check offline_agent_catches_up t_offline_agent_catches_up
+check action_timeout t_action_timeout
+check agent_killed_mid_apply t_agent_killed_mid_apply
+check downgrade_refused t_downgrade_refused
+check pinned_agent_untouched t_pinned_agent_untouched
 finish
