@@ -854,7 +854,7 @@ static int read_pending(struct fy_txn *t, void *user) {
   int rc = fy_agent_state_get_desired(t, &v);
   if (rc <= 0)
     return rc;
-  if ((rc = fy_apply_record_decode(v.p, v.n, &p->rec, fy_txn_err(t))) < 0)
+  if (fy_apply_record_decode(v.p, v.n, &p->rec, fy_txn_err(t)) < 0)
     return fy_err_prefix(fy_txn_err(t), "desired state");
   return 1;
 }
@@ -892,14 +892,22 @@ static int drop_pending(struct fy_txn *t, void *user) {
 /* On the loop: at start, when woken, after each transition and every tick.
  * 0 when no desired state is pending, 1 when one was handled, -1 when it
  * cannot be now. */
+static int check_desired_with(struct agent *a, struct pending_txn *p, struct fy_apply_record *last);
+
 static int check_desired(struct agent *a) {
   if (a->closing || !a->apply || in_attempt(fy_apply_state(a->apply)))
     return -1;
+  /* Both are large (a manifest's URI and more): off the stack. */
+  struct pending_txn *p = calloc(1, sizeof(*p));
+  struct fy_apply_record *last = malloc(sizeof(*last));
+  int rc = p && last ? check_desired_with(a, p, last) : -1;
+  free(p);
+  free(last);
+  return rc;
+}
+
+static int check_desired_with(struct agent *a, struct pending_txn *p, struct fy_apply_record *last) {
   struct fy_store *st = fy_node_store(a->node);
-  FY_AUTOFREE struct pending_txn *p = calloc(1, sizeof(*p));
-  FY_AUTOFREE struct fy_apply_record *last = malloc(sizeof(*last));
-  if (!p || !last)
-    return -1;
   p->a = a;
   struct fy_err err = {0};
   int rc = fy_store_read(st, read_pending, p, &err);

@@ -283,9 +283,12 @@ static void push_msg(struct fy_rpc_scall *call, const uint8_t *p, size_t len, vo
     if (strcmp(in->m->topic, "desired") == 0)
       desired_arrived(in->a, r.payload, r.payload_len);
   }
-  FY_AUTOBUF struct fy_buf ack = FY_BUF_INIT;
+  /* A plain buffer: a cleanup variable must not sit between the gotos and
+   * their label (clang refuses the jump). */
+  struct fy_buf ack = FY_BUF_INIT;
   if (fy_outbox_wire_encode_ack(&ack, in->m->seq, &err) == 0)
     fy_rpc_reply(call, ack.data, ack.len);
+  fy_buf_free(&ack);
   return;
 bad:
   free(in);
@@ -730,8 +733,10 @@ int main(int argc, char **argv) {
     if (k <= 0)
       die("no ferry binary: pass --ferry or set FERRY_BIN");
     self[k] = 0;
-    *strrchr(self, '/') = 0;
-    strcat(self, "/../ferry");
+    char *slash = strrchr(self, '/');
+    if (!slash)
+      die("no ferry binary: pass --ferry or set FERRY_BIN");
+    snprintf(slash, sizeof(self) - (size_t)(slash - self), "/../ferry");
     bin = self;
   }
   if (!realpath(bin, ferry_bin) || access(ferry_bin, X_OK) != 0)
