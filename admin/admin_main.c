@@ -203,6 +203,20 @@ static const struct fy_cfg_key rollout_move_keys[] = {
      .flags = FY_CFG_CLI_ONLY,
      .help = "the rollout's tenant; looked up on the coordinator when omitted"},
 };
+static const struct fy_cfg_key agents_log_keys[] = {
+    {.name = "follow",
+     .type = FY_CFG_BOOL,
+     .def = "false",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "keep printing new reports as they arrive (until interrupted)"},
+    {.name = "interval",
+     .type = FY_CFG_DURATION,
+     .def = "1s",
+     .min = 50,
+     .max = 3600ll * 1000,
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "with --follow: how often to ask the coordinator"},
+};
 static const struct fy_cfg_key rollout_watch_keys[] = {
     {.name = "interval",
      .type = FY_CFG_DURATION,
@@ -526,11 +540,104 @@ static int subcommand(struct admin *a, const char *usage, int *argc, char ***arg
   return -1;
 }
 
+/* Prints the entries of a log reply after seq *last (one line each, the
+ * output tail indented under it; a JSON line each with --json). */
+static int print_log(struct admin *a, const struct fy_buf *reply, uint64_t *last, struct fy_err *err) {
+  msgpack_zone zone;
+  msgpack_object o;
+  int rc = fy_admin_reply_unpack(reply->data, reply->len, "log reply", &zone, &o, err);
+  const msgpack_object *log = rc == 0 ? fy_admin_map_get(&o, "log") : NULL;
+  uint32_t count = 0;
+  if (log && log->type == MSGPACK_OBJECT_ARRAY)
+    count = log->via.array.size;
+  else if (rc == 0)
+    rc = fy_err_set(err, FY_EINVAL, "log reply: log is not an array");
+  for (uint32_t i = 0; rc == 0 && i < count; i++) {
+    const msgpack_object *e = &log->via.array.ptr[i], *seq = fy_admin_map_get(e, "seq"),
+                         *rep = fy_admin_map_get(e, "report");
+    if (!seq || seq->type != MSGPACK_OBJECT_POSITIVE_INTEGER || !rep || rep->type != MSGPACK_OBJECT_MAP) {
+      rc = fy_err_set(err, FY_EINVAL, "log reply: entry %u is not {seq, report}", i);
+      break;
+    }
+    if (seq->via.u64 <= *last)
+      continue;
+    *last = seq->via.u64;
+    if (a->v.json) {
+      json_t *j = fy_admin_json_from_msgpack(rep, err);
+      if (!j) {
+        rc = FY_EINVAL;
+        break;
+      }
+      char *text = json_dumps(j, JSON_COMPACT);
+      json_decref(j);
+      if (text)
+        fprintf(a->proc->out, "%s\n", text);
+      free(text);
+      continue;
+    }
+    char at_text[40] = "-";
+    const msgpack_object *at = fy_admin_map_get(rep, "at");
+    if (at && at->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+      fy_admin_format_time(now_ms(), at->via.u64, at_text, sizeof(at_text));
+    static const char *const fields[] = {"rollout", "state", "version", "message"};
+    fprintf(a->proc->out, "%-10s", at_text);
+    for (size_t f = 0; f < FY_ARRAY_LEN(fields); f++) {
+      const msgpack_object *v = fy_admin_map_get(rep, fields[f]);
+      if (v && v->type == MSGPACK_OBJECT_STR)
+        fprintf(a->proc->out, "  %.*s", (int)(v->via.str.size > 300 ? 300 : v->via.str.size), v->via.str.ptr);
+    }
+    fputc('\n', a->proc->out);
+    const msgpack_object *output = fy_admin_map_get(rep, "output");
+    if (output && output->type == MSGPACK_OBJECT_STR && output->via.str.size) {
+      const char *p = output->via.str.ptr, *end = p + output->via.str.size;
+      while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        fprintf(a->proc->out, "            | %.*s\n", (int)n, p);
+        p += n + (nl != NULL);
+      }
+    }
+  }
+  fflush(a->proc->out);
+  msgpack_zone_destroy(&zone);
+  return rc;
+}
+
+/* agents log: the agent's update log (its last reports), optionally followed. */
+static int agents_log(struct admin *a) {
+  struct fy_nodeid id;
+  char tenant[FY_TENANT_MAX + 1];
+  bool have_tenant;
+  int st = resolve_agent(a, a->cfg.args[0], &id, tenant, sizeof(tenant), &have_tenant);
+  if (st >= 0)
+    return st;
+  char hex[FY_NODEID_HEX_LEN + 1];
+  fy_nodeid_to_hex(&id, hex);
+  struct fy_err err = {0};
+  FY_AUTOBUF struct fy_buf req = FY_BUF_INIT;
+  if (fy_admin_query_encode("log", "id", hex, &req, &err) < 0)
+    return fail(a, FY_EXIT_FAIL, "%s", err.msg);
+  bool follow = fy_cfg_bool(&a->cfg, "follow");
+  uint64_t interval = (uint64_t)fy_cfg_num(&a->cfg, "interval"), last = 0;
+  for (;;) {
+    FY_AUTOBUF struct fy_buf reply = FY_BUF_INIT;
+    int rc = fy_admin_session_query(a->s, req.data, req.len, &reply, NULL, &err);
+    if (rc == FY_EAGAIN)
+      return fail(a, FY_EXIT_FAIL, "coordinator unreachable: %s", err.msg);
+    if (rc < 0 || print_log(a, &reply, &last, &err) < 0)
+      return fail(a, FY_EXIT_FAIL, "%s", err.msg);
+    if (!follow)
+      return FY_EXIT_OK;
+    fy_admin_session_sleep(a->s, interval);
+  }
+}
+
 static int cmd_agents(struct admin *a, int argc, char **argv) {
   static const char usage[] =
       "usage: ferry admin agents <list|show|approve|revoke> [flags]\n\n"
       "  list                                      every agent you can see\n"
       "  show ID                                   one agent: fields, facts, history\n"
+      "  log ID [--follow]                         its update log: every apply step it reported\n"
       "  approve ID --tenant T [--labels k=v,..]   enroll a pending agent\n"
       "  revoke ID                                 shut an agent out\n";
   const char *sub = NULL;
@@ -554,10 +661,21 @@ static int cmd_agents(struct admin *a, int argc, char **argv) {
       return finish(a, st);
     return finish(a, query(a, "agent", "id", a->cfg.args[0], fy_admin_view_agent));
   }
+  if (strcmp(sub, "log") == 0) {
+    a->name = "admin agents log";
+    st = start(a, agents_log_keys, FY_ARRAY_LEN(agents_log_keys), argc, argv,
+               "ferry admin agents log ID [--follow] [flags]",
+               "Prints the agent's update log: every step of its apply cycle it reported\n"
+               "(downloading, activating, verifying, success, rolled_back...), with the tail of\n"
+               "the applier's or health check's output. --follow keeps printing new ones.");
+    if (st >= 0 || (st = need_args(a, 1, "one agent ID")) >= 0 || (st = open_session(a)) >= 0)
+      return finish(a, st);
+    return finish(a, agents_log(a));
+  }
   bool approve = strcmp(sub, "approve") == 0;
   if (!approve && strcmp(sub, "revoke") != 0)
     return fy_applet_fail(a->proc, "admin agents", FY_EXIT_USAGE,
-                          "unknown subcommand '%s' (list | show | approve | revoke)", sub);
+                          "unknown subcommand '%s' (list | show | log | approve | revoke)", sub);
   a->name = approve ? "admin agents approve" : "admin agents revoke";
   if (approve)
     st = start(a, approve_keys, FY_ARRAY_LEN(approve_keys), argc, argv,
@@ -1251,7 +1369,7 @@ int fy_admin_main(int argc, char **argv, const struct fy_proc *proc) {
       "usage: ferry admin <command> [flags]\n\n"
       "Signs fleet commands and queues them for the coordinator; asks it about the fleet.\n\n"
       "  status                                   the coordinator and this admin's queue\n"
-      "  agents list|show|approve|revoke          agents\n"
+      "  agents list|show|log|approve|revoke      agents\n"
       "  admins list|add|remove                   admins and their roles\n"
       "  enroll create|list|revoke                enrollment tickets\n"
       "  artifact add                             sign and register an artifact\n"

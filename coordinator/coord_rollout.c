@@ -809,8 +809,56 @@ static int pack_target(struct fy_txn *t, const struct fy_nodeid *agent, struct t
   return 0;
 }
 
+/* An agent's update log: its last reports, oldest first, as it sent them. */
+static int query_log(struct fy_txn *t, const struct fy_admin *caller, const char *hex, msgpack_packer *pk,
+                     int *rpc_code) {
+  struct fy_nodeid agent;
+  struct fy_coord_agent a;
+  int rc;
+  if (fy_nodeid_parse(hex, &agent, NULL) < 0) {
+    *rpc_code = FY_RPC_INVALID_ARGUMENT;
+    return fy_err_set(fy_txn_err(t), FY_EINVAL, "log: id must be an agent's full node id");
+  }
+  if ((rc = fy_coord_get_agent(t, &agent, &a)) < 0)
+    return rc;
+  if (rc == 0 || !fy_admin_covers(caller, a.tenant)) {
+    *rpc_code = FY_RPC_NOT_FOUND;
+    return fy_err_set(fy_txn_err(t), FY_ENOENT, "no agent %.12s", hex);
+  }
+  struct fy_cursor *cur;
+  struct fy_bytes k, v;
+  uint32_t n = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    if ((rc = fy_cursor_open(t, tb(t, T_REPORTS), fy_bytes_of(agent.key, FY_NODEID_LEN), &cur)) < 0)
+      return rc;
+    if (pass == 1) {
+      msgpack_pack_map(pk, 1);
+      fy_mp_pack_str(pk, "log");
+      msgpack_pack_array(pk, n);
+    }
+    while ((rc = fy_cursor_next(cur, &k, &v)) == 1) {
+      if (k.n != FY_NODEID_LEN + 12)
+        continue;
+      if (pass == 0) {
+        n++;
+        continue;
+      }
+      msgpack_pack_map(pk, 2);
+      fy_mp_pack_kv_u64(pk, "seq", fy_be64_get(k.p + FY_NODEID_LEN));
+      fy_mp_pack_str(pk, "report");
+      pk->callback(pk->data, (const char *)v.p, v.n); /* one map, as the agent sent it */
+    }
+    fy_cursor_close(cur);
+    if (rc < 0)
+      return rc;
+  }
+  return 1;
+}
+
 int fy_coord_rollout_query(struct fy_txn *t, const struct fy_admin *caller, const char *q, const char *id,
                            msgpack_packer *pk, int *rpc_code) {
+  if (strcmp(q, "log") == 0)
+    return query_log(t, caller, id, pk, rpc_code);
   bool list = strcmp(q, "rollouts") == 0;
   if (!list && strcmp(q, "rollout") != 0)
     return 0;

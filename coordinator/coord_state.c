@@ -1258,6 +1258,19 @@ static int counts_body(struct fy_txn *t, void *user) {
   return rc < 0 ? rc : 0;
 }
 
+int fy_coord_get_agent(struct fy_txn *t, const struct fy_nodeid *id, struct fy_coord_agent *out) {
+  struct agent_rec r;
+  int rc = get_agent(t, id, &r);
+  memset(out, 0, sizeof(*out));
+  if (rc != 1)
+    return rc;
+  out->status = r.status;
+  out->labels = r.labels;
+  snprintf(out->tenant, sizeof(out->tenant), "%s", r.tenant);
+  snprintf(out->version, sizeof(out->version), "%s", r.version);
+  return 1;
+}
+
 int fy_coord_each_agent(struct fy_txn *t,
                         int (*fn)(const struct fy_nodeid *id, const struct fy_coord_agent *a, void *user),
                         void *user) {

@@ -110,6 +110,9 @@ int fy_coord_each_agent(struct fy_txn *t,
                         int (*fn)(const struct fy_nodeid *id, const struct fy_coord_agent *a, void *user),
                         void *user);
 
+/* One agent's record inside t: 1 and *out, 0 when unknown. */
+int fy_coord_get_agent(struct fy_txn *t, const struct fy_nodeid *id, struct fy_coord_agent *out);
+
 /* Counts for the start-up line and status. */
 struct fy_coord_counts {
   uint64_t admins, enrolled, pending, revoked, tickets;

@@ -148,6 +148,20 @@ t_waves_with_a_rollback() {
   run 0 admin rollout show r2 && has "$out" "rolled_back"
 }
 
+t_update_log_of_an_agent() {
+  # every step the sick agent reported for r2, with its applier's output
+  local id
+  id=$("$ferry" key show --id "$tmp/a$SICK/node.key")
+  run 0 admin agents log "$id" || return 1
+  has "$out" "r2  downloading  2.0.0" && has "$out" "r2  verifying  2.0.0" && has "$out" "r2  rolled_back" || return 1
+  has "$out" "| applied activate 2.0.0" || return 1
+  run 0 admin agents log "$id" --json && has "$out" '"state":"rolled_back"' || return 1
+  # --follow keeps printing until interrupted
+  timeout 3 env FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin" FERRY_COORDINATOR="$spec" \
+    FERRY_LOG_LEVEL=warn "$ferry" admin agents log "$id" --follow --interval 200ms >"$tmp/follow.out" 2>&1
+  [ $? = 124 ] && grep -q 'rolled_back' "$tmp/follow.out"
+}
+
 t_retry_resends_to_the_failed_only() {
   # r2 ended partial: every agent activated 2.0.0 once, the sick one rolled it back
   local n
@@ -376,6 +390,7 @@ t_pinned_agent_untouched() {
 
 check fleet_enrolls t_fleet_enrolls
 check waves_with_a_rollback t_waves_with_a_rollback
+check update_log_of_an_agent t_update_log_of_an_agent
 check retry_resends_to_the_failed_only t_retry_resends_to_the_failed_only
 check failure_threshold_stops_later_waves t_failure_threshold_stops_later_waves
 check coordinator_killed_mid_rollout t_coordinator_killed_mid_rollout
