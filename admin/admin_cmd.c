@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "node/node.h"
 #include "outbox/outbox.h"
 #include "rpc/rpc.h"
@@ -36,10 +37,6 @@ uint64_t fy_admin_next_seq(uint64_t last, uint64_t now) {
 }
 
 /* ---- building ------------------------------------------------------------------- */
-
-static int buf_write(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
 
 int fy_admin_cmd_seal(const struct fy_admin_cmd *c, struct fy_buf *out, uint8_t id[FY_ENVELOPE_ID_LEN],
                       struct fy_err *err) {
@@ -75,7 +72,7 @@ static int pk_str(msgpack_packer *pk, const char *s) {
 int fy_admin_args_agent(const struct fy_nodeid *id, const struct fy_labels *labels, struct fy_buf *out,
                         struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, labels ? 2 : 1);
   rc |= pk_str(&pk, "id");
   rc |= msgpack_pack_bin_with_body(&pk, id->key, FY_NODEID_LEN);
@@ -89,7 +86,7 @@ int fy_admin_args_agent(const struct fy_nodeid *id, const struct fy_labels *labe
 int fy_admin_args_enroll_create(const uint8_t hash[32], const struct fy_labels *labels, uint64_t expires,
                                 uint64_t uses, struct fy_buf *out, struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 4);
   rc |= pk_str(&pk, "hash");
   rc |= msgpack_pack_bin_with_body(&pk, hash, 32);
@@ -107,7 +104,7 @@ int fy_admin_args_enroll_revoke(const char *id, struct fy_buf *out, struct fy_er
   if (n != 16 || strspn(id, "0123456789abcdef") != 16)
     return fy_err_set(err, FY_EINVAL, "ticket id '%.40s' is not 16 lowercase hex digits", id);
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 1);
   rc |= pk_str(&pk, "id");
   rc |= pk_str(&pk, id);
@@ -116,7 +113,7 @@ int fy_admin_args_enroll_revoke(const char *id, struct fy_buf *out, struct fy_er
 
 int fy_admin_args_artifact_add(const uint8_t *env, size_t len, struct fy_buf *out, struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 1);
   rc |= pk_str(&pk, "manifest");
   rc |= msgpack_pack_bin_with_body(&pk, env, len);
@@ -217,7 +214,7 @@ int fy_admin_args_rollout_create(const struct fy_admin_rollout_args *r, struct f
     return FY_EINVAL;
   static const struct fy_labels none = {0};
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 7);
   rc |= pk_str(&pk, "id");
   rc |= pk_str(&pk, r->id);
@@ -241,7 +238,7 @@ int fy_admin_args_rollout_id(const char *id, struct fy_buf *out, struct fy_err *
     return fy_err_set(err, FY_EINVAL, "rollout id '%.40s' must be 1..%d of [a-z0-9._-]", id,
                       FY_ADMIN_ROLLOUT_ID_MAX);
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 1);
   rc |= pk_str(&pk, "id");
   rc |= pk_str(&pk, id);
@@ -273,7 +270,7 @@ int fy_admin_file_sha256(const char *path, uint8_t sha256[32], uint64_t *size, s
 int fy_admin_query_encode(const char *q, const char *key, const char *value, struct fy_buf *out,
                           struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, key ? 2 : 1);
   rc |= pk_str(&pk, "q");
   rc |= pk_str(&pk, q);
@@ -287,7 +284,7 @@ int fy_admin_query_encode(const char *q, const char *key, const char *value, str
 int fy_admin_query_bin(const char *q, const char *key, const uint8_t value[32], struct fy_buf *out,
                        struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, 2);
   rc |= pk_str(&pk, "q");
   rc |= pk_str(&pk, q);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 #define REPLY_DEPTH_MAX 8
@@ -42,18 +43,8 @@ int fy_admin_reply_unpack(const uint8_t *reply, size_t len, const char *what, ms
   return 0;
 }
 
-static bool key_is(const msgpack_object *k, const char *key) {
-  size_t n = strlen(key);
-  return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n && memcmp(k->via.str.ptr, key, n) == 0;
-}
-
 const msgpack_object *fy_admin_map_get(const msgpack_object *o, const char *key) {
-  if (!o || o->type != MSGPACK_OBJECT_MAP)
-    return NULL;
-  for (uint32_t i = 0; i < o->via.map.size; i++)
-    if (key_is(&o->via.map.ptr[i].key, key))
-      return &o->via.map.ptr[i].val;
-  return NULL;
+  return o && o->type == MSGPACK_OBJECT_MAP ? fy_mp_get(o, key) : NULL;
 }
 
 /* Each getter reads a required field of map o; where names o in messages. */

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "base/cleanup.h"
-#include "base/mpshape.h"
+#include "base/mpmap.h"
 
 #define ARGS_ELEMENTS_MAX 64
 
@@ -231,30 +231,18 @@ int fy_admin_args_decode(const struct fy_cmd_body *body, struct fy_admin *out, s
   bool set = strcmp(body->cmd, "admin.set") == 0;
   if (!set && strcmp(body->cmd, "admin.remove") != 0)
     return fy_err_set(err, FY_EINVAL, "%s is not an admin change", body->cmd);
-  int rc = fy_mpshape_check(body->args, body->args_len, 4, ARGS_ELEMENTS_MAX, "args", NULL, NULL, err);
+  struct fy_mpmap m;
+  int rc = fy_mpmap_decode(&m, body->args, body->args_len, 4, ARGS_ELEMENTS_MAX, "args", err);
   if (rc < 0)
     return rc;
-  msgpack_unpacked u;
-  msgpack_unpacked_init(&u);
-  size_t off = 0;
-  if (msgpack_unpack_next(&u, (const char *)body->args, body->args_len, &off) != MSGPACK_UNPACK_SUCCESS ||
-      u.data.type != MSGPACK_OBJECT_MAP) {
-    msgpack_unpacked_destroy(&u);
-    return fy_err_set(err, FY_EINVAL, "args: not a map");
-  }
-  rc = args_body(&u.data, out, set, err);
-  msgpack_unpacked_destroy(&u);
+  rc = args_body(m.map, out, set, err);
+  fy_mpmap_free(&m);
   return rc;
-}
-
-static int buf_write(void *data, const char *p, size_t n) {
-  struct fy_buf *b = data;
-  return fy_buf_append(b, p, n, NULL) < 0 ? -1 : 0;
 }
 
 int fy_admin_args_encode(const struct fy_admin *a, bool set, struct fy_buf *out, struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, buf_write);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int rc = msgpack_pack_map(&pk, set ? 3 : 1);
   rc |= msgpack_pack_str_with_body(&pk, "key", 3);
   rc |= msgpack_pack_bin_with_body(&pk, a->key.key, FY_NODEID_LEN);
