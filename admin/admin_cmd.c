@@ -225,7 +225,7 @@ int fy_admin_args_rollout_create(const struct fy_admin_rollout_args *r, struct f
   rc |= pk_str(&pk, "selector");
   rc |= fy_labels_pack(r->selector ? r->selector : &none, &pk);
   rc |= pk_str(&pk, "channel");
-  rc |= pk_str(&pk, "");
+  rc |= pk_str(&pk, r->channel ? r->channel : "");
   rc |= pk_str(&pk, "waves");
   rc |= pk_str(&pk, r->waves);
   rc |= pk_str(&pk, "policy");

@@ -99,10 +99,11 @@ int fy_admin_percent_parse(const char *text, uint32_t *permille, struct fy_err *
 struct fy_admin_rollout_args {
   const char *id, *name, *version;
   const struct fy_labels *selector;
-  const char *waves; /* fy_wave_spec_parse text, checked here */
+  const char *waves;   /* fy_wave_spec_parse text, checked here */
+  const char *channel; /* "" or NULL: none */
   struct fy_rollout_policy policy;
 };
-/* Args of rollout.create {id, name, version, selector, channel "", waves,
+/* Args of rollout.create {id, name, version, selector, channel, waves,
  * policy}. FY_EINVAL for a bad id or waves text (fy_wave_spec_parse's
  * message). */
 int fy_admin_args_rollout_create(const struct fy_admin_rollout_args *r, struct fy_buf *out,

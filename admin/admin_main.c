@@ -18,6 +18,7 @@
 #include "fleet/manifest.h"
 #include "fleet/ticket.h"
 #include "fleet/trust.h"
+#include "fleet/update_mode.h"
 
 #define EXIT_TEMPFAIL 75 /* EX_TEMPFAIL: queued, the coordinator not reached in time */
 #define KEYS_MAX 24
@@ -155,6 +156,12 @@ static const struct fy_cfg_key rollout_create_keys[] = {
      .def = "",
      .flags = FY_CFG_CLI_ONLY,
      .help = "agents whose labels match k=v,... (empty: every agent of the tenant)"},
+    {.name = "channel",
+     .type = FY_CFG_STRING,
+     .def = "",
+     .flags = FY_CFG_CLI_ONLY,
+     .help = "release channel: only agents on it take part; once completed, agents in update mode "
+             "latest on it catch up (empty: no channel)"},
     {.name = "waves",
      .type = FY_CFG_STRING,
      .def = "1",
@@ -1100,15 +1107,18 @@ static int policy_flags(struct admin *a, struct fy_rollout_policy *p) {
 
 static int rollout_create(struct admin *a, int argc, char **argv) {
   a->name = "admin rollout create";
-  int st = start(a, rollout_create_keys, FY_ARRAY_LEN(rollout_create_keys), argc, argv,
-                 "ferry admin rollout create --tenant T --artifact NAME@VERSION [--selector k=v,...] "
-                 "[--waves 3 | --waves 10,50,100] [--grace 30s] [--min-success 100%] [--max-failures 0] "
-                 "[--no-skip-offline] [--no-abort-on-zero] [--action-timeout 10m] [--id ID] [flags]",
-                 "Signs and queues rollout.create: a draft rollout of an artifact (see `artifact\n"
-                 "add`) to the tenant's agents whose labels match the selector. The agents are\n"
-                 "chosen and split into waves at `rollout start`. Prints the rollout's id on\n"
-                 "stdout (notes and the result go to stderr). Exit 0 applied, 1 refused, 75 when\n"
-                 "the coordinator was not reached (the command stays queued).");
+  int st = start(
+      a, rollout_create_keys, FY_ARRAY_LEN(rollout_create_keys), argc, argv,
+      "ferry admin rollout create --tenant T --artifact NAME@VERSION [--selector k=v,...] "
+      "[--channel C] [--waves 3 | --waves 10,50,100] [--grace 30s] [--min-success 100%] [--max-failures 0] "
+      "[--no-skip-offline] [--no-abort-on-zero] [--action-timeout 10m] [--id ID] [flags]",
+      "Signs and queues rollout.create: a draft rollout of an artifact (see `artifact\n"
+      "add`) to the tenant's agents whose labels match the selector (and, with\n"
+      "--channel, that are on the channel). The agents are chosen and split into\n"
+      "waves at `rollout start`; pinned, assigned and incompatible agents are skipped\n"
+      "then, with the reason. Prints the rollout's id on\n"
+      "stdout (notes and the result go to stderr). Exit 0 applied, 1 refused, 75 when\n"
+      "the coordinator was not reached (the command stays queued).");
   if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0)
     return finish(a, st);
   struct fy_err err = {0};
@@ -1136,6 +1146,10 @@ static int rollout_create(struct admin *a, int argc, char **argv) {
     fy_admin_rollout_default_id(name, version, rnd, id);
   }
   ra.waves = fy_cfg_str(&a->cfg, "waves");
+  ra.channel = fy_cfg_str(&a->cfg, "channel");
+  if (ra.channel[0] && !fy_channel_ok(ra.channel))
+    return finish(
+        a, fail(a, FY_EXIT_USAGE, "--channel '%.40s': use 1..%d of [a-z0-9._-]", ra.channel, FY_CHANNEL_MAX));
   FY_AUTOBUF struct fy_buf args = FY_BUF_INIT;
   if (fy_admin_args_rollout_create(&ra, &args, &err) < 0)
     return finish(a, fail(a, FY_EXIT_USAGE, "--waves: %s", err.msg));
@@ -1183,8 +1197,8 @@ static int rollout_tenant(struct admin *a, const char *id, char *tenant, size_t 
 
 static int rollout_move(struct admin *a, const char *sub, int argc, char **argv) {
   static const char *const what[][2] = {
-      {"start", "chooses the agents (selector, tenant, compatibility), splits them into waves and\n"
-                "starts the first wave"},
+      {"start", "chooses the agents (tenant, selector, channel; pinned, assigned and incompatible\n"
+                "agents are skipped with the reason), splits them into waves and starts the first wave"},
       {"pause", "holds the rollout: no new wave starts (agents already told go on)"},
       {"resume", "lets a paused rollout go on"},
       {"abort", "stops the rollout for good: no new wave starts"},

@@ -1,6 +1,7 @@
 /* Rendering of admin query replies; see admin_view.h. */
 #include "admin/admin_view.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -706,6 +707,23 @@ static void facts_diff(const msgpack_object *prev, const msgpack_object *cur, ch
   }
 }
 
+/* The last delivery outside rollouts (update modes assigned and latest). */
+static void print_update(const struct fy_admin_view *v, const msgpack_object *u) {
+  char via[16] = "", name[128] = "", version[160] = "", state[32] = "", msg[512] = "", at[40];
+  uint64_t at_ms = 0;
+  if (!u || u->type != MSGPACK_OBJECT_MAP || get_str(u, "via", via, sizeof(via), "", NULL) < 0 ||
+      get_str(u, "name", name, sizeof(name), "", NULL) < 0 ||
+      get_str(u, "version", version, sizeof(version), "", NULL) < 0 ||
+      get_str(u, "state", state, sizeof(state), "", NULL) < 0 || get_uint(u, "at", &at_ms, "", NULL) < 0)
+    return;
+  get_str(u, "msg", msg, sizeof(msg), "", NULL);
+  fy_admin_format_time(v->now_ms, at_ms, at, sizeof(at));
+  for (char *p = via; *p; p++)
+    *p = (char)tolower((unsigned char)*p);
+  fprintf(v->out, "update:      %s %s%s%s: %s (%s)%s%s\n", via, name, name[0] ? " " : "", version, state, at,
+          msg[0] ? ": " : "", msg);
+}
+
 int fy_admin_view_agent(const struct fy_admin_view *v, const uint8_t *reply, size_t len, struct fy_err *err) {
   const char *w = "agent reply";
   msgpack_zone zone;
@@ -754,6 +772,7 @@ int fy_admin_view_agent(const struct fy_admin_view *v, const uint8_t *reply, siz
           "version:     %s\nonline:      %s\nlast seen:   %s\nenrolled at: %s\n",
           hex, a.status, a.tenant[0] ? a.tenant : "-", a.labels[0] ? a.labels : "-", a.hostname, a.version,
           a.online ? "yes" : "no", seen, enrolled);
+  print_update(v, fy_admin_map_get(&o, "update"));
   fprintf(v->out, "\nfacts (%s):\n", fat);
   if (facts->via.map.size == 0)
     fprintf(v->out, "  none reported\n");
@@ -818,6 +837,7 @@ int fy_admin_view_result(const struct fy_admin_view *v, const uint8_t id[32], co
 
 struct rollout_fields {
   char id[64], tenant[80], name[128], version[160], waves[128], state[32], reason[256], selector[2048];
+  char channel[40];
   uint64_t wave, nwaves, created;
   struct fy_rollout_policy policy;
 };
@@ -851,6 +871,8 @@ static int rollout_fields_read(const msgpack_object *e, struct rollout_fields *r
       (rc = get_str(e, "name", r->name, sizeof(r->name), w, err)) < 0 ||
       (rc = get_str(e, "version", r->version, sizeof(r->version), w, err)) < 0 ||
       (rc = labels_text(e, "selector", r->selector, sizeof(r->selector), w, err)) < 0 ||
+      (fy_admin_map_get(e, "channel") &&
+       (rc = get_str(e, "channel", r->channel, sizeof(r->channel), w, err)) < 0) ||
       (rc = get_str(e, "waves", r->waves, sizeof(r->waves), w, err)) < 0 ||
       (rc = policy_read(e, &r->policy, w, err)) < 0 ||
       (rc = get_str(e, "state", r->state, sizeof(r->state), w, err)) < 0 ||
@@ -889,6 +911,8 @@ int fy_admin_view_rollouts(const struct fy_admin_view *v, const uint8_t *reply, 
   return view_list(v, reply, len, "rollouts", "rollouts reply", head, FY_ARRAY_LEN(head), rollout_row, err);
 }
 
+#define NO_WAVE UINT64_MAX
+
 struct target_fields {
   uint8_t agent[32];
   uint64_t wave, at;
@@ -899,8 +923,10 @@ static int target_read(const msgpack_object *e, struct target_fields *t, const c
   int rc;
   if (e->type != MSGPACK_OBJECT_MAP)
     return fy_err_set(err, FY_EINVAL, "%s is not a map", w);
+  const msgpack_object *wave = fy_admin_map_get(e, "wave");
+  t->wave = NO_WAVE; /* nil: skipped when the rollout started, in no wave */
   if ((rc = get_bin32(e, "agent", t->agent, w, err)) < 0 ||
-      (rc = get_uint(e, "wave", &t->wave, w, err)) < 0 ||
+      ((!wave || wave->type != MSGPACK_OBJECT_NIL) && (rc = get_uint(e, "wave", &t->wave, w, err)) < 0) ||
       (rc = get_str(e, "state", t->state, sizeof(t->state), w, err)) < 0 ||
       (rc = get_uint(e, "at", &t->at, w, err)) < 0 ||
       (rc = get_str(e, "msg", t->msg, sizeof(t->msg), w, err)) < 0)
@@ -996,44 +1022,47 @@ int fy_admin_view_rollout(const struct fy_admin_view *v, const uint8_t *reply, s
   fy_admin_format_time(v->now_ms, r.created, created, sizeof(created));
   policy_text(&r.policy, policy, sizeof(policy));
   fprintf(v->out,
-          "id:        %s\ntenant:    %s\nartifact:  %s %s\nselector:  %s\nwaves:     %s\npolicy:    %s\n"
-          "state:     %s\nwave:      %s\ncreated:   %s\nreason:    %s\n",
-          r.id, r.tenant, r.name, r.version, r.selector[0] ? r.selector : "(every agent)", r.waves, policy,
-          r.state, wave, created, r.reason[0] ? r.reason : "-");
+          "id:        %s\ntenant:    %s\nartifact:  %s %s\nselector:  %s\nchannel:   %s\nwaves:     %s\n"
+          "policy:    %s\nstate:     %s\nwave:      %s\ncreated:   %s\nreason:    %s\n",
+          r.id, r.tenant, r.name, r.version, r.selector[0] ? r.selector : "(every agent)",
+          r.channel[0] ? r.channel : "-", r.waves, policy, r.state, wave, created,
+          r.reason[0] ? r.reason : "-");
   uint32_t n = targets->via.array.size;
-  if (r.nwaves == 0) {
-    fprintf(v->out, "\n%s\n",
-            n ? "agents without a wave" : "no agents yet: they are chosen when the rollout starts");
-  }
-  /* Waves in order; the coordinator lists targets by agent id. */
-  for (uint64_t w = 0; w < r.nwaves || (w == 0 && r.nwaves == 0 && n); w++) {
+  if (n == 0)
+    fprintf(v->out, "\nno agents yet: they are chosen when the rollout starts\n");
+  /* Waves in order, then the agents skipped at start (in no wave); the
+   * coordinator lists targets by agent id. */
+  for (uint64_t w = 0; n && w <= r.nwaves; w++) {
     uint32_t count[FY_TARGET_SKIPPED + 1] = {0}, total = 0;
     for (uint32_t i = 0; i < n; i++) {
       struct target_fields t = {0};
       target_read(&targets->via.array.ptr[i], &t, "", NULL); /* checked by rollout_reply */
-      if (r.nwaves && t.wave != w)
-        continue;
-      count[target_state_of(t.state)]++;
-      total++;
-    }
-    if (r.nwaves) {
-      char summary[512];
-      size_t at = 0;
-      summary[0] = '\0';
-      for (int s = FY_TARGET_WAITING; s <= FY_TARGET_SKIPPED && at < sizeof(summary); s++) {
-        if (!count[s])
-          continue;
-        int k = snprintf(summary + at, sizeof(summary) - at, "%s%u %s", at ? ", " : ": ", count[s],
-                         fy_target_state_name((enum fy_target_state)s));
-        at += k > 0 ? (size_t)k : 0;
+      if (t.wave == w || (w == r.nwaves && t.wave > r.nwaves)) {
+        count[target_state_of(t.state)]++;
+        total++;
       }
+    }
+    if (total == 0)
+      continue;
+    char summary[512];
+    size_t at = 0;
+    summary[0] = '\0';
+    for (int s = FY_TARGET_WAITING; s <= FY_TARGET_SKIPPED && at < sizeof(summary); s++) {
+      if (!count[s])
+        continue;
+      int k = snprintf(summary + at, sizeof(summary) - at, "%s%u %s", at ? ", " : ": ", count[s],
+                       fy_target_state_name((enum fy_target_state)s));
+      at += k > 0 ? (size_t)k : 0;
+    }
+    if (w < r.nwaves)
       fprintf(v->out, "\nwave %" PRIu64 "/%" PRIu64 ": %u agent%s%s\n", w + 1, r.nwaves, total,
               total == 1 ? "" : "s", summary);
-    }
+    else
+      fprintf(v->out, "\nnot in any wave: %u agent%s%s\n", total, total == 1 ? "" : "s", summary);
     for (uint32_t i = 0; i < n; i++) {
       struct target_fields t = {0};
       target_read(&targets->via.array.ptr[i], &t, "", NULL); /* checked by rollout_reply */
-      if (r.nwaves && t.wave != w)
+      if (!(t.wave == w || (w == r.nwaves && t.wave > r.nwaves)))
         continue;
       char id[13];
       short_of(t.agent, id);

@@ -15,8 +15,6 @@
 #include "base/cleanup.h"
 #include "fleet/facts.h"
 
-static const char *const update_modes[] = {"follow", "pinned", NULL};
-
 /* Every subcommand reads the same file, which is strict about unknown keys:
  * so each declares all of them. */
 #define AGENT_KEYS                                                                                           \
@@ -98,9 +96,20 @@ static const char *const update_modes[] = {"follow", "pinned", NULL};
       {.name = "update_mode",                                                                                \
        .type = FY_CFG_ENUM,                                                                                  \
        .def = "follow",                                                                                      \
-       .help = "follow: install what rollouts send; pinned: refuse every rollout (reported as failed: "      \
-               "pinned)",                                                                                    \
-       .choices = update_modes},                                                                             \
+       .help = "follow: install what rollouts send; pinned: install nothing; assigned: run "                 \
+               "assigned_version only; latest: also catch up with the channel's newest release",             \
+       .choices = fy_update_mode_names},                                                                     \
+      {.name = "channel",                                                                                    \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = FY_CHANNEL_DEFAULT,                                                                            \
+       .help = "release channel: rollouts on a channel select only its agents ([a-z0-9._-])",                \
+       .min = 1,                                                                                             \
+       .max = FY_CHANNEL_MAX},                                                                               \
+      {.name = "assigned_version",                                                                           \
+       .type = FY_CFG_STRING,                                                                                \
+       .def = "",                                                                                            \
+       .help = "with update_mode assigned: the version this machine runs, VERSION or NAME@VERSION",          \
+       .max = FY_ASSIGNED_MAX},                                                                              \
       {.name = "hw_model",                                                                                   \
        .type = FY_CFG_STRING,                                                                                \
        .def = "",                                                                                            \
@@ -257,6 +266,7 @@ struct settings {
   struct fy_peerspec coordinator;
   bool has_coordinator;
   struct fy_labels labels;
+  struct fy_update_prefs update;
   char own_ticket[4096]; /* DATA_DIR/ticket */
   char work_dir[4200];   /* DATA_DIR/artifacts */
   /* The commands split into argv: the words point into the copies. */
@@ -275,14 +285,42 @@ static int decode_ticket_text(const char *text, struct fy_ticket *out, struct fy
   return fy_ticket_decode(text, out, err) < 0 ? FY_EINVAL : 0;
 }
 
+static int read_update_prefs(const struct fy_cfg *cfg, struct fy_update_prefs *u, struct fy_err *err) {
+  u->mode = (enum fy_update_mode)fy_cfg_num(cfg, "update_mode");
+  const char *channel = fy_cfg_str(cfg, "channel"), *assigned = fy_cfg_str(cfg, "assigned_version");
+  if (!fy_channel_ok(channel))
+    return fy_err_set(err, FY_EUSAGE, "--channel '%s': use 1..%d of [a-z0-9._-]", channel, FY_CHANNEL_MAX);
+  snprintf(u->channel, sizeof(u->channel), "%s", channel);
+  if (u->mode == FY_UPDATE_ASSIGNED) {
+    struct fy_assigned a;
+    if (!assigned[0])
+      return fy_err_set(err, FY_EUSAGE,
+                        "--update-mode assigned needs --assigned-version VERSION or NAME@VERSION");
+    if (fy_assigned_parse(assigned, &a, err) < 0) {
+      fy_err_prefix(err, "--assigned-version");
+      return FY_EUSAGE;
+    }
+  } else if (assigned[0]) {
+    return fy_err_set(err, FY_EUSAGE, "--assigned-version is for --update-mode assigned (this is %s)",
+                      fy_update_mode_name(u->mode));
+  }
+  snprintf(u->assigned, sizeof(u->assigned), "%s", assigned);
+  snprintf(u->hw_model, sizeof(u->hw_model), "%s", fy_cfg_str(cfg, "hw_model"));
+  snprintf(u->hw_revision, sizeof(u->hw_revision), "%s", fy_cfg_str(cfg, "hw_revision"));
+  return 0;
+}
+
 /* Reads everything but the key; FY_EUSAGE for bad values. */
 static int read_settings(const struct fy_cfg *cfg, struct settings *s, struct fy_err *err) {
   const char *dir = fy_cfg_str(cfg, "data_dir");
   snprintf(s->own_ticket, sizeof(s->own_ticket), "%s/%s", dir, FY_AGENT_TICKET_FILE);
+  int words;
   if (fy_labels_parse(fy_cfg_str(cfg, "labels"), &s->labels, err) < 0)
     return fy_err_prefix(err, "--labels");
-  int words = split_argv("apply-command", fy_cfg_str(cfg, "apply_command"), s->apply_text,
-                         sizeof(s->apply_text), s->apply_argv, err);
+  if ((words = read_update_prefs(cfg, &s->update, err)) < 0)
+    return words;
+  words = split_argv("apply-command", fy_cfg_str(cfg, "apply_command"), s->apply_text, sizeof(s->apply_text),
+                     s->apply_argv, err);
   if (words < 0)
     return words;
   s->has_apply = words == 1;
@@ -326,10 +364,6 @@ static int read_settings(const struct fy_cfg *cfg, struct settings *s, struct fy
   return 0;
 }
 
-static const char *nonempty(const char *s) {
-  return s && *s ? s : NULL;
-}
-
 static void fill_options(const struct fy_cfg *cfg, struct settings *s, const struct fy_log *lg,
                          struct fy_agent_options *o) {
   *o = (struct fy_agent_options){
@@ -351,9 +385,7 @@ static void fill_options(const struct fy_cfg *cfg, struct settings *s, const str
       .health_timeout_ms = (uint64_t)fy_cfg_num(cfg, "health_timeout"),
       .health_interval_ms = (uint64_t)fy_cfg_num(cfg, "health_interval"),
       .health_retries = (uint32_t)fy_cfg_num(cfg, "health_retries"),
-      .pinned = fy_cfg_num(cfg, "update_mode") == 1,
-      .hw_model = nonempty(fy_cfg_str(cfg, "hw_model")),
-      .hw_revision = nonempty(fy_cfg_str(cfg, "hw_revision")),
+      .update = &s->update,
       .log = lg,
   };
 }

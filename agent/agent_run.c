@@ -225,6 +225,7 @@ static void facts_check(struct agent *a, bool force) {
       .disk_dir = a->o->data_dir,
       .version = reported_version(a),
       .labels = a->o->labels,
+      .update = a->o->update,
       .now_ms = now_ms(),
   };
   struct fy_err err = {0};
@@ -409,6 +410,7 @@ static void enroll_ready(struct fy_qconn *c, const struct fy_qclose *failure, vo
                                 .disk_dir = a->o->data_dir,
                                 .version = a->o->version,
                                 .labels = a->o->labels,
+                                .update = a->o->update,
                                 .now_ms = now_ms()};
   struct fy_err err = {0};
   FY_AUTOBUF struct fy_buf facts = FY_BUF_INIT;
@@ -780,7 +782,8 @@ static int desired_handler(struct fy_txn *t, const struct fy_nodeid *sender, con
   const char *current = w->installed.installed_version[0] ? w->installed.installed_version : a->o->version;
   enum fy_cmd_refusal ref = FY_CMD_OK;
   char message[FY_APPLY_MESSAGE_MAX + 1] = "";
-  if (a->o->pinned) {
+  const struct fy_update_prefs *up = a->o->update;
+  if (up && up->mode == FY_UPDATE_PINNED) {
     snprintf(message, sizeof(message), "pinned: this agent's update_mode is pinned");
   } else if (!man || man->type != MSGPACK_OBJECT_BIN) {
     snprintf(message, sizeof(message), "%s: desired state: manifest is not bin",
@@ -797,14 +800,16 @@ static int desired_handler(struct fy_txn *t, const struct fy_nodeid *sender, con
         .coordinator = &w->rec.coordinator,
         .tenant = w->rec.tenant,
         .trust = &view,
-        .hw_model = a->o->hw_model,
-        .hw_revision = a->o->hw_revision,
+        .hw_model = up ? up->hw_model : NULL,
+        .hw_revision = up ? up->hw_revision : NULL,
         .current_version = current,
     };
     ref = fy_manifest_verify((const uint8_t *)man->via.bin.ptr, man->via.bin.size, &target, &w->m, &why);
     fy_trust_free(&view);
     if (ref != FY_CMD_OK)
       snprintf(message, sizeof(message), "%s: %.400s", fy_cmd_refusal_name(ref), why.msg);
+    else if (up && fy_update_refuses(up, w->rollout, &w->m, message, sizeof(message)))
+      ; /* message says why */
     else if (strlen(w->m.version_text) > FY_APPLY_VERSION_MAX)
       snprintf(message, sizeof(message), "%s: version is longer than %d bytes",
                fy_cmd_refusal_name(FY_CMD_MALFORMED), FY_APPLY_VERSION_MAX);

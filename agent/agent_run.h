@@ -21,7 +21,7 @@
  * on the node's store. A `desired` message from the coordinator is checked
  * on the thread pool inside the inbox's transaction (fy_manifest_verify
  * against the stored trust view, the tenant, hw_model/hw_revision and the
- * installed version): refused, or pinned, it is answered with a `failed`
+ * installed version, then the update mode): refused, it is answered with a `failed`
  * report in that transaction; accepted, it is stored as the one pending
  * desired state (a newer one replaces one still waiting) and the loop is
  * woken. The loop starts the pending state when the engine is not in an
@@ -54,6 +54,7 @@
 #include "crypto/key.h"
 #include "fleet/labels.h"
 #include "fleet/ticket.h"
+#include "fleet/update_mode.h"
 #include "node/peerspec.h"
 
 #define FY_AGENT_TICKET_FILE "ticket" /* in data_dir, written by `ferry agent enroll` */
@@ -82,9 +83,10 @@ struct fy_agent_options {
   const char *const *health_command; /* NULL-terminated argv; NULL: always healthy */
   uint64_t apply_timeout_ms, health_timeout_ms, health_interval_ms;
   uint32_t health_retries;
-  bool pinned;                        /* update_mode pinned: every desired state is refused */
-  const char *hw_model, *hw_revision; /* for the manifest's compatible list; NULL: unknown */
-  bool until_enrolled;                /* `ferry agent enroll`: stop once enrolled */
+  /* How this machine wants updates (fleet/update_mode.h), its hardware for
+   * the manifest's compatible list. NULL: follow, hardware unknown. */
+  const struct fy_update_prefs *update;
+  bool until_enrolled; /* `ferry agent enroll`: stop once enrolled */
   const struct fy_log *log;
 };
 

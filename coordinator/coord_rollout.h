@@ -46,6 +46,11 @@ int fy_coord_rollout_tick(struct fy_coord *c, uint64_t now,
                           bool (*online)(const struct fy_nodeid *id, void *user), void *user,
                           struct fy_err *err);
 
+/* The agent's last delivery outside rollouts (update modes assigned and
+ * latest) as a map {via, name, version, state, at, msg}, or nil when it had
+ * none: one value packed into pk. */
+int fy_coord_rollout_pack_update(struct fy_txn *t, const struct fy_nodeid *agent, msgpack_packer *pk);
+
 /* admin.query "rollouts" (list) and "rollout" (one, with its waves and
  * targets): 1 when q was one of them (the reply is packed), 0 when it is
  * not a rollout query, < 0 with *rpc_code and err set on failure. */

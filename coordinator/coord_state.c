@@ -95,6 +95,7 @@ struct agent_rec {
   uint64_t first_seen, last_seen, enrolled_at;
   char hostname[FY_FACTS_HOSTNAME_MAX + 1];
   char version[FY_FACTS_VERSION_MAX + 1];
+  struct fy_update_prefs update; /* from its latest facts */
 };
 
 struct ticket_rec {
@@ -180,6 +181,13 @@ static int get_agent(struct fy_txn *t, const struct fy_nodeid *id, struct agent_
   fy_mp_str(m.map, "tenant", out->tenant, sizeof(out->tenant));
   fy_mp_str(m.map, "host", out->hostname, sizeof(out->hostname));
   fy_mp_str(m.map, "version", out->version, sizeof(out->version));
+  char mode[16] = "";
+  fy_mp_str(m.map, "mode", mode, sizeof(mode));
+  fy_update_mode_parse(mode, &out->update.mode, NULL);
+  fy_mp_str(m.map, "channel", out->update.channel, sizeof(out->update.channel));
+  fy_mp_str(m.map, "assigned", out->update.assigned, sizeof(out->update.assigned));
+  fy_mp_str(m.map, "hw_model", out->update.hw_model, sizeof(out->update.hw_model));
+  fy_mp_str(m.map, "hw_revision", out->update.hw_revision, sizeof(out->update.hw_revision));
   fy_mp_u64(m.map, "first", &out->first_seen);
   fy_mp_u64(m.map, "seen", &out->last_seen);
   fy_mp_u64(m.map, "enrolled", &out->enrolled_at);
@@ -191,7 +199,7 @@ static int put_agent(struct fy_txn *t, const struct fy_nodeid *id, const struct 
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
   msgpack_packer_init(&pk, &b, fy_mp_buf_write);
-  msgpack_pack_map(&pk, 8);
+  msgpack_pack_map(&pk, 13);
   fy_mp_pack_kv_u64(&pk, "status", (uint64_t)a->status);
   fy_mp_pack_kv_str(&pk, "tenant", a->tenant);
   fy_mp_pack_str(&pk, "labels");
@@ -201,7 +209,27 @@ static int put_agent(struct fy_txn *t, const struct fy_nodeid *id, const struct 
   fy_mp_pack_kv_u64(&pk, "enrolled", a->enrolled_at);
   fy_mp_pack_kv_str(&pk, "host", a->hostname);
   fy_mp_pack_kv_str(&pk, "version", a->version);
+  fy_mp_pack_kv_str(&pk, "mode", fy_update_mode_name(a->update.mode));
+  fy_mp_pack_kv_str(&pk, "channel", a->update.channel);
+  fy_mp_pack_kv_str(&pk, "assigned", a->update.assigned);
+  fy_mp_pack_kv_str(&pk, "hw_model", a->update.hw_model);
+  fy_mp_pack_kv_str(&pk, "hw_revision", a->update.hw_revision);
   return fy_store_put(t, tb(t, T_AGENTS), ID_KEY(id), fy_bytes_of(b.data, b.len));
+}
+
+/* What the agent record keeps of its facts. A mode this coordinator does
+ * not know (a newer agent) counts as pinned: it is never sent anything it
+ * might not want. */
+static void rec_from_facts(struct agent_rec *rec, const struct fy_facts *f) {
+  snprintf(rec->hostname, sizeof(rec->hostname), "%s", f->hostname);
+  snprintf(rec->version, sizeof(rec->version), "%s", f->version);
+  struct fy_update_prefs *u = &rec->update;
+  if (fy_update_mode_parse(f->update_mode, &u->mode, NULL) < 0)
+    u->mode = FY_UPDATE_PINNED;
+  snprintf(u->channel, sizeof(u->channel), "%s", f->channel);
+  snprintf(u->assigned, sizeof(u->assigned), "%s", f->assigned);
+  snprintf(u->hw_model, sizeof(u->hw_model), "%s", f->hw_model);
+  snprintf(u->hw_revision, sizeof(u->hw_revision), "%s", f->hw_revision);
 }
 
 static int get_ticket(struct fy_txn *t, const uint8_t hash[32], struct ticket_rec *out) {
@@ -308,9 +336,7 @@ int fy_coord_check_store(struct fy_coord *c, struct fy_err *err) {
 
 /* ---- commands ------------------------------------------------------------------- */
 
-static enum fy_cmd_refusal refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum fy_cmd_refusal refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...) {
+enum fy_cmd_refusal fy_coord_refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   if (why) {
@@ -417,7 +443,7 @@ static int apply_admin(struct fy_coord *c, struct fy_txn *t, const struct fy_adm
   if (rc == 0 && !set) {
     char hex[FY_NODEID_SHORT_LEN + 1];
     fy_nodeid_to_short(&next.key, hex);
-    *r = refuse(why, FY_CMD_NOT_FOUND, "admin %s does not exist", hex);
+    *r = fy_coord_refuse(why, FY_CMD_NOT_FOUND, "admin %s does not exist", hex);
     return 0;
   }
   *r = fy_trust_check_admin_change(signer, rc == 1 ? &target : NULL, set ? &next : NULL, why);
@@ -436,7 +462,7 @@ static int apply_agents(struct fy_coord *c, struct fy_txn *t, const struct fy_cm
                         const struct cmd_args *a, uint64_t now, enum fy_cmd_refusal *r, struct fy_err *why) {
   char hex[FY_NODEID_SHORT_LEN + 1];
   if (!a->has_id) {
-    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: id (bin 32) is missing");
+    *r = fy_coord_refuse(why, FY_CMD_INVALID_ARGS, "args: id (bin 32) is missing");
     return 0;
   }
   fy_nodeid_to_short(&a->id, hex);
@@ -445,20 +471,21 @@ static int apply_agents(struct fy_coord *c, struct fy_txn *t, const struct fy_cm
   if (rc < 0)
     return rc;
   if (rc == 0) {
-    *r = refuse(why, FY_CMD_NOT_FOUND, "agent %s has never connected", hex);
+    *r = fy_coord_refuse(why, FY_CMD_NOT_FOUND, "agent %s has never connected", hex);
     return 0;
   }
   if (strcmp(b->cmd, "agents.approve") == 0) {
     if (rec.status == FY_AGENT_REVOKED) {
-      *r = refuse(why, FY_CMD_CONFLICT, "agent %s is revoked", hex);
+      *r = fy_coord_refuse(why, FY_CMD_CONFLICT, "agent %s is revoked", hex);
       return 0;
     }
     if (rec.status == FY_AGENT_ENROLLED && strcmp(rec.tenant, b->tenant) != 0) {
-      *r = refuse(why, FY_CMD_CONFLICT, "agent %s is enrolled in tenant '%s' already", hex, rec.tenant);
+      *r = fy_coord_refuse(why, FY_CMD_CONFLICT, "agent %s is enrolled in tenant '%s' already", hex,
+                           rec.tenant);
       return 0;
     }
     if (b->tenant[0] == '\0') {
-      *r = refuse(why, FY_CMD_INVALID_ARGS, "approving needs a tenant");
+      *r = fy_coord_refuse(why, FY_CMD_INVALID_ARGS, "approving needs a tenant");
       return 0;
     }
     if (rec.status != FY_AGENT_ENROLLED)
@@ -469,8 +496,8 @@ static int apply_agents(struct fy_coord *c, struct fy_txn *t, const struct fy_cm
       rec.labels = a->labels;
   } else {
     if (strcmp(rec.tenant, b->tenant) != 0) {
-      *r = refuse(why, FY_CMD_FORBIDDEN_TENANT, "agent %s is in tenant '%s', the command names '%s'", hex,
-                  rec.tenant, b->tenant);
+      *r = fy_coord_refuse(why, FY_CMD_FORBIDDEN_TENANT, "agent %s is in tenant '%s', the command names '%s'",
+                           hex, rec.tenant, b->tenant);
       return 0;
     }
     rec.status = FY_AGENT_REVOKED;
@@ -506,13 +533,13 @@ static int apply_enroll(struct fy_txn *t, const struct fy_cmd_body *b, const str
   int rc;
   if (strcmp(b->cmd, "enroll.create") == 0) {
     if (!a->has_hash || a->expires <= now || b->tenant[0] == '\0') {
-      *r = refuse(why, FY_CMD_INVALID_ARGS,
-                  "args: enroll.create needs hash (bin 32), a future expires and a tenant");
+      *r = fy_coord_refuse(why, FY_CMD_INVALID_ARGS,
+                           "args: enroll.create needs hash (bin 32), a future expires and a tenant");
       return 0;
     }
     if ((rc = get_ticket(t, a->hash, &rec)) != 0) {
       if (rc == 1)
-        *r = refuse(why, FY_CMD_CONFLICT, "a ticket with this secret exists already");
+        *r = fy_coord_refuse(why, FY_CMD_CONFLICT, "a ticket with this secret exists already");
       return rc < 0 ? rc : 0;
     }
     rec = (struct ticket_rec){.expires = a->expires, .uses = a->uses, .at = now, .by = b->issuer};
@@ -522,19 +549,19 @@ static int apply_enroll(struct fy_txn *t, const struct fy_cmd_body *b, const str
   }
   uint8_t hash[32];
   if (!a->has_ticket_id || strlen(a->ticket_id) != 16) {
-    *r = refuse(why, FY_CMD_INVALID_ARGS, "args: id (16 hex digits of a ticket) is missing");
+    *r = fy_coord_refuse(why, FY_CMD_INVALID_ARGS, "args: id (16 hex digits of a ticket) is missing");
     return 0;
   }
   if ((rc = find_ticket_by_id(t, a->ticket_id, hash)) <= 0) {
     if (rc == 0)
-      *r = refuse(why, FY_CMD_NOT_FOUND, "no ticket %s", a->ticket_id);
+      *r = fy_coord_refuse(why, FY_CMD_NOT_FOUND, "no ticket %s", a->ticket_id);
     return rc;
   }
   if ((rc = get_ticket(t, hash, &rec)) < 0)
     return rc;
   if (strcmp(rec.tenant, b->tenant) != 0) {
-    *r = refuse(why, FY_CMD_FORBIDDEN_TENANT, "ticket %s is for tenant '%s', the command names '%s'",
-                a->ticket_id, rec.tenant, b->tenant);
+    *r = fy_coord_refuse(why, FY_CMD_FORBIDDEN_TENANT, "ticket %s is for tenant '%s', the command names '%s'",
+                         a->ticket_id, rec.tenant, b->tenant);
     return 0;
   }
   rec.revoked = true;
@@ -581,7 +608,7 @@ int fy_coord_apply(struct fy_coord *c, struct fy_txn *t, const uint8_t *env, siz
     if (rc == 0) {
       char hex[FY_NODEID_SHORT_LEN + 1];
       fy_nodeid_to_short(&b.issuer, hex);
-      r = refuse(why, FY_CMD_UNKNOWN_SIGNER, "signer %s is not an admin of this coordinator", hex);
+      r = fy_coord_refuse(why, FY_CMD_UNKNOWN_SIGNER, "signer %s is not an admin of this coordinator", hex);
     }
   }
   if (r == FY_CMD_OK) {
@@ -590,8 +617,8 @@ int fy_coord_apply(struct fy_coord *c, struct fy_txn *t, const uint8_t *env, siz
       return rc;
     uint64_t last = rc == 1 && v.n == 8 ? fy_be64_get(v.p) : 0;
     if (b.seq <= last) {
-      r = refuse(why, FY_CMD_REPLAYED, "seq %" PRIu64 " is not above %" PRIu64 ", the issuer's last", b.seq,
-                 last);
+      r = fy_coord_refuse(why, FY_CMD_REPLAYED, "seq %" PRIu64 " is not above %" PRIu64 ", the issuer's last",
+                          b.seq, last);
     } else {
       /* Consumed from here on, whatever the later checks say. */
       uint8_t seq[8];
@@ -670,8 +697,7 @@ static int on_facts(struct fy_txn *t, const struct fy_nodeid *sender, const char
     return 0;
   }
   uint64_t now = now_of(c);
-  snprintf(rec.hostname, sizeof(rec.hostname), "%s", f.hostname);
-  snprintf(rec.version, sizeof(rec.version), "%s", f.version);
+  rec_from_facts(&rec, &f);
   rec.last_seen = now;
   if ((rc = put_agent(t, sender, &rec)) < 0)
     return rc;
@@ -784,8 +810,7 @@ static int enroll_body(struct fy_txn *t, void *user) {
     rec.first_seen = e->now;
   rec.last_seen = e->now;
   if (e->has_facts) {
-    snprintf(rec.hostname, sizeof(rec.hostname), "%s", e->f.hostname);
-    snprintf(rec.version, sizeof(rec.version), "%s", e->f.version);
+    rec_from_facts(&rec, &e->f);
   }
   if (rec.status != FY_AGENT_ENROLLED && e->has_secret) {
     uint8_t hash[32];
@@ -989,9 +1014,12 @@ static int q_agent(struct fy_txn *t, struct query *q) {
     q->rpc_code = FY_RPC_NOT_FOUND;
     return fy_err_set(fy_txn_err(t), FY_ENOENT, "no agent %s", q->id_prefix);
   }
-  msgpack_pack_map(&q->pk, 4);
+  msgpack_pack_map(&q->pk, 5);
   fy_mp_pack_str(&q->pk, "agent");
   pack_agent(q, &match, &a);
+  fy_mp_pack_str(&q->pk, "update");
+  if ((rc = fy_coord_rollout_pack_update(t, &match, &q->pk)) < 0)
+    return rc;
   struct fy_bytes v;
   if ((rc = fy_store_get(t, tb(t, T_FACTS), ID_KEY(&match), &v)) < 0)
     return rc;
@@ -1268,6 +1296,7 @@ int fy_coord_get_agent(struct fy_txn *t, const struct fy_nodeid *id, struct fy_c
   out->labels = r.labels;
   snprintf(out->tenant, sizeof(out->tenant), "%s", r.tenant);
   snprintf(out->version, sizeof(out->version), "%s", r.version);
+  out->update = r.update;
   return 1;
 }
 
@@ -1285,7 +1314,7 @@ int fy_coord_each_agent(struct fy_txn *t,
     memcpy(id.key, k.p, FY_NODEID_LEN);
     if ((rc = get_agent(t, &id, &r)) < 0)
       break;
-    struct fy_coord_agent a = {.status = r.status, .labels = r.labels};
+    struct fy_coord_agent a = {.status = r.status, .labels = r.labels, .update = r.update};
     snprintf(a.tenant, sizeof(a.tenant), "%s", r.tenant);
     snprintf(a.version, sizeof(a.version), "%s", r.version);
     if ((rc = fn(&id, &a, user)) != 0)

@@ -83,6 +83,11 @@ int fy_coord_register(struct fy_coord *c, struct fy_inbox *inbox, struct fy_err 
 int fy_coord_apply(struct fy_coord *c, struct fy_txn *t, const uint8_t *env, size_t len, uint64_t now_ms,
                    struct fy_err *why);
 
+/* Sets why (may be NULL) to the formatted reason and returns r: how the
+ * command handlers refuse. */
+enum fy_cmd_refusal fy_coord_refuse(struct fy_err *why, enum fy_cmd_refusal r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* agent.enroll (own write transaction: call it off the loop). On success
  * reply holds the msgpack answer; FY_EPERM with a message for a revoked
  * agent or a bad ticket; FY_EINVAL for a malformed request. */
@@ -103,6 +108,7 @@ struct fy_coord_agent {
   char tenant[FY_TENANT_MAX + 1];
   struct fy_labels labels;
   char version[FY_FACTS_VERSION_MAX + 1]; /* from its latest facts */
+  struct fy_update_prefs update;          /* from its latest facts */
 };
 /* Calls fn for every agent inside t, in node id order; stops at fn's first
  * non-zero return and returns it. */

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# What the whole-process tests share (fleet.sh, rollout.sh, netns_fleet.sh):
+# What the whole-process tests share (fleet.sh, rollout.sh, rollout_trust.sh, netns_fleet.sh):
 # a temporary directory, processes stopped on exit, checks that print
 # "ok NAME" / "FAIL NAME" and end with "N passed, N failed".
 #
@@ -70,4 +70,40 @@ until_ok() {
 finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" = 0 ]
+}
+
+# ---- a fleet on loopback (rollout.sh, rollout_trust.sh) ------------------------------------
+
+# write_applier: $tmp/apply.sh, the applier the agents run: installs the
+# artifact next to the agent's data, or puts the previous version back, and
+# appends each completed action to the agent's `activations` file (what the
+# tests count). "slow" in the agent's directory makes an activation take 3 s.
+write_applier() {
+  cat >"$tmp/apply.sh" <<'APPLY'
+#!/bin/sh
+dir=$(dirname "$FERRY_ARTIFACT")/..
+[ "$FERRY_ACTION" = activate ] && [ -e "$dir/slow" ] && sleep 3
+case "$FERRY_ACTION" in
+activate) cp "$FERRY_ARTIFACT" "$dir/installed" && echo "$FERRY_VERSION" >"$dir/installed.version" ;;
+rollback) echo "${FERRY_PREVIOUS_VERSION:-none}" >"$dir/installed.version" ;;
+*) exit 2 ;;
+esac
+echo "$FERRY_ACTION $FERRY_VERSION" >>"$dir/activations"
+echo "applied $FERRY_ACTION $FERRY_VERSION"
+APPLY
+  chmod +x "$tmp/apply.sh"
+}
+
+# start_coordinator: serves $tmp/coord on $coord_listen (127.0.0.1:0 at
+# first, then the same port again) and sets coord_pid and spec, the
+# `--coordinator` value admins and agents use.
+coord_pid="" coord_listen=127.0.0.1:0 spec=""
+start_coordinator() {
+  rm -f "$tmp/coord.out"
+  "$ferry" coordinator --data-dir "$tmp/coord" --listen "$coord_listen" >"$tmp/coord.out" 2>>"$tmp/coord.log" &
+  coord_pid=$!
+  pids+=("$coord_pid")
+  until_ok 10 grep -q '^admins connect with' "$tmp/coord.out" || return 1
+  spec=$(sed -n 's/^admins connect with: --coordinator //p' "$tmp/coord.out")
+  coord_listen=${spec#*@}
 }

@@ -82,19 +82,6 @@ t_network() {
   ! in_ns pub ping -c1 -W1 192.168.77.2 >/dev/null 2>&1
 }
 
-# The applier the agents run: installs the artifact beside their data.
-write_applier() {
-  cat >"$tmp/apply.sh" <<'EOF'
-#!/bin/sh
-dir=$(dirname "$FERRY_ARTIFACT")/..
-case "$FERRY_ACTION" in
-activate) cp "$FERRY_ARTIFACT" "$dir/installed" && echo "$FERRY_VERSION" >"$dir/installed.version" ;;
-rollback) echo "${FERRY_PREVIOUS_VERSION:-none}" >"$dir/installed.version" ;;
-esac
-EOF
-  chmod +x "$tmp/apply.sh"
-}
-
 t_coordinator_on_public_segment() {
   write_applier
   "$ferry" key generate --out "$tmp/owner.key" >/dev/null 2>&1 || return 1

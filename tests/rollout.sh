@@ -20,38 +20,11 @@ mapfile -t HEALTHY < <(seq 1 $NAGENTS | grep -vx "$SICK")
 
 # ---- the fleet ---------------------------------------------------------------------------
 
-# The applier: installs the artifact next to the agent's data, or puts the
-# previous version back. The agent runs it with FERRY_ACTION and friends.
-cat >"$tmp/apply.sh" <<'EOF'
-#!/bin/sh
-dir=$(dirname "$FERRY_ARTIFACT")/..
-# "slow" in the agent's directory: an activation takes 3 s (time to kill the agent in)
-[ "$FERRY_ACTION" = activate ] && [ -e "$dir/slow" ] && sleep 3
-case "$FERRY_ACTION" in
-activate) cp "$FERRY_ARTIFACT" "$dir/installed" && echo "$FERRY_VERSION" >"$dir/installed.version" ;;
-rollback) echo "${FERRY_PREVIOUS_VERSION:-none}" >"$dir/installed.version" ;;
-*) exit 2 ;;
-esac
-# every completed action, one line each: what the tests count (the agent's
-# log does not carry the applier's output, only its reports do)
-echo "$FERRY_ACTION $FERRY_VERSION" >>"$dir/activations"
-echo "applied $FERRY_ACTION $FERRY_VERSION"
-EOF
-chmod +x "$tmp/apply.sh"
+write_applier
 
 "$ferry" key generate --out "$tmp/owner.key" >/dev/null 2>&1 || exit 1
 "$ferry" coordinator init --owner "$("$ferry" key show --id "$tmp/owner.key")" --data-dir "$tmp/coord" \
   >/dev/null 2>&1 || exit 1
-coord_pid="" coord_listen=127.0.0.1:0 spec=""
-start_coordinator() {
-  rm -f "$tmp/coord.out"
-  "$ferry" coordinator --data-dir "$tmp/coord" --listen "$coord_listen" >"$tmp/coord.out" 2>>"$tmp/coord.log" &
-  coord_pid=$!
-  pids+=("$coord_pid")
-  until_ok 10 grep -q '^admins connect with' "$tmp/coord.out" || return 1
-  spec=$(sed -n 's/^admins connect with: --coordinator //p' "$tmp/coord.out")
-  coord_listen=${spec#*@}
-}
 start_coordinator || { echo "coordinator did not start"; exit 1; }
 
 admin() { FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin" FERRY_COORDINATOR="$spec" \
@@ -375,9 +348,10 @@ t_pinned_agent_untouched() {
   run 0 admin rollout create --tenant lab --artifact app@10.0.0 --max-failures 2 --min-success 0 --id r10 || return 1
   run 0 admin rollout start r10 --tenant lab || return 1
   wait_final r10 30 || return 1
-  [ "$(rollout_state r10)" = partial ] || return 1
-  [ "$(target_state r10 "$p")" = failed ] || return 1
-  has "$(target_field r10 "$p" msg)" pinned || return 1
+  [ "$(rollout_state r10)" = partial ] || return 1 # the sick agent rolled back
+  # skipped when the rollout started, in no wave: neither a success nor a failure
+  [ "$(target_state r10 "$p")" = skipped ] && [ "$(target_field r10 "$p" wave)" = None ] || return 1
+  [ "$(target_field r10 "$p" msg)" = pinned ] || return 1
   run 0 admin rollout show r10 && has "$out" pinned || return 1
   [ "$(installed "$p")" = "$was" ] && [ "$(activations "$p" 10.0.0)" = 0 ] || return 1
   healthy_at 10.0.0 "$p" || return 1
@@ -386,6 +360,65 @@ t_pinned_agent_untouched() {
   until_ok 15 is_offline "$p" || return 1
   start_agent "$p"
   until_ok 15 is_online "$p"
+}
+
+# update_mode latest: an agent that missed its channel's release (offline,
+# skipped) gets it by itself when it returns, outside any rollout.
+t_latest_agent_catches_up() {
+  local p=${HEALTHY[2]} id
+  id=$(agent_id "$p")
+  stop_agent "$p"
+  # (a lost close would leave it online until the idle timeout)
+  until_ok 30 is_offline "$p" || return 1
+  artifact 11.0.0 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@11.0.0 --channel stable --max-failures 2 \
+    --min-success 0 --id r11 || return 1
+  run 0 admin rollout start r11 --tenant lab || return 1
+  wait_final r11 30 || return 1
+  [ "$(target_state r11 "$p")" = skipped ] || return 1 # offline at wave start
+  healthy_at 11.0.0 "$p" || return 1
+  [ "$(installed "$p")" != 11.0.0 ] || return 1
+  start_agent "$p" --update-mode latest
+  until_ok 20 eval '[ "$(installed "$p")" = 11.0.0 ]' || return 1
+  until_ok 10 eval 'admin agents show "$id" | grep -q "^update: *latest app 11.0.0: success"' || {
+    admin agents show "$id" >&2
+    return 1
+  }
+  [ "$(activations "$p" 11.0.0)" = 1 ] || return 1
+  # the release reached it once: a restart does not send it again
+  stop_agent "$p"
+  start_agent "$p" --update-mode latest
+  until_ok 15 is_online "$p" && sleep 2
+  [ "$(activations "$p" 11.0.0)" = 1 ]
+}
+
+# update_mode assigned: the agent runs the version its configuration names,
+# delivered outside rollouts, and rollouts skip it. A manifest for other
+# hardware skips the machines it is not for.
+t_assigned_and_incompatible_skipped() {
+  local q=${HEALTHY[1]} m=${HEALTHY[0]} n
+  artifact 12.0.0 || return 1
+  stop_agent "$q"
+  start_agent "$q" --update-mode assigned --assigned-version app@12.0.0
+  until_ok 20 eval '[ "$(installed "$q")" = 12.0.0 ]' || return 1
+  stop_agent "$m"
+  start_agent "$m" --hw-model rpi4
+  until_ok 15 is_online "$m" || return 1
+  artifact 13.0.0 --compatible rpi4 || return 1
+  run 0 admin rollout create --tenant lab --artifact app@13.0.0 --id r13 || return 1
+  run 0 admin rollout start r13 --tenant lab || return 1
+  wait_final r13 30 || return 1
+  [ "$(rollout_state r13)" = completed ] || { rollout_field r13 r >&2; return 1; }
+  [ "$(target_state r13 "$m")" = success ] && [ "$(installed "$m")" = 13.0.0 ] || return 1
+  [ "$(target_field r13 "$q" msg)" = "assigned app@12.0.0" ] && [ "$(installed "$q")" = 12.0.0 ] || return 1
+  for n in $(seq 1 $NAGENTS); do
+    [ "$n" = "$m" ] || [ "$n" = "$q" ] && continue
+    [ "$(target_state r13 "$n")" = skipped ] || return 1
+    has "$(target_field r13 "$n" msg)" "incompatible: app 13.0.0 is for rpi4; this machine's model is unknown" ||
+      return 1
+    [ "$(installed "$n")" != 13.0.0 ] || return 1
+  done
+  run 0 admin rollout show r13 && has "$out" "not in any wave" || return 1
 }
 
 check fleet_enrolls t_fleet_enrolls
@@ -401,4 +434,6 @@ check action_timeout t_action_timeout
 check agent_killed_mid_apply t_agent_killed_mid_apply
 check downgrade_refused t_downgrade_refused
 check pinned_agent_untouched t_pinned_agent_untouched
+check latest_agent_catches_up t_latest_agent_catches_up
+check assigned_and_incompatible_skipped t_assigned_and_incompatible_skipped
 finish

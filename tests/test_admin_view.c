@@ -373,9 +373,23 @@ static void test_agent_show(void **state) {
   msgpack_sbuffer_init(&sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  msgpack_pack_map(&pk, 4);
+  msgpack_pack_map(&pk, 5);
   pk_str(&pk, "agent");
   pk_agent(&pk, 0x3f, "kiosk-berlin-17", true);
+  pk_str(&pk, "update"); /* update mode latest: the channel's release, delivered outside rollouts */
+  msgpack_pack_map(&pk, 6);
+  pk_str(&pk, "via");
+  pk_str(&pk, "LATEST");
+  pk_str(&pk, "name");
+  pk_str(&pk, "app");
+  pk_str(&pk, "version");
+  pk_str(&pk, "1.2.3");
+  pk_str(&pk, "state");
+  pk_str(&pk, "success");
+  pk_str(&pk, "at");
+  msgpack_pack_uint64(&pk, NOW - 120ull * 1000);
+  pk_str(&pk, "msg");
+  pk_str(&pk, "healthy at '1.2.3'");
   pk_str(&pk, "facts");
   pk_facts(&pk, "1.2.3", 500);
   pk_str(&pk, "facts_at");
@@ -397,6 +411,7 @@ static void test_agent_show(void **state) {
   out_close(&o);
   assert_contains(o.buf, "id:          3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f\n");
   assert_contains(o.buf, "labels:      role=kiosk,site=berlin\n");
+  assert_contains(o.buf, "update:      latest app 1.2.3: success (2m ago): healthy at '1.2.3'\n");
   assert_contains(o.buf, "facts (1m ago):\n  hostname: kiosk-berlin-17\n  version: 1.2.3\n  uptime_s: 500\n");
   assert_contains(o.buf, "history (3 reports):\n");
   /* The first report lists everything but the volatile fields; later ones
@@ -662,7 +677,7 @@ static void test_args_enroll(void **state) {
 
 static void pk_rollout(msgpack_packer *pk, const char *id, const char *state, uint64_t wave, uint64_t nwaves,
                        const char *reason) {
-  msgpack_pack_map(pk, 12);
+  msgpack_pack_map(pk, 13);
   pk_str(pk, "id");
   pk_str(pk, id);
   pk_str(pk, "tenant");
@@ -675,6 +690,8 @@ static void pk_rollout(msgpack_packer *pk, const char *id, const char *state, ui
   msgpack_pack_map(pk, 1);
   pk_str(pk, "role");
   pk_str(pk, "kiosk");
+  pk_str(pk, "channel");
+  pk_str(pk, "stable");
   pk_str(pk, "waves");
   pk_str(pk, "10,50,100");
   pk_str(pk, "policy");
@@ -703,6 +720,8 @@ static void pk_rollout(msgpack_packer *pk, const char *id, const char *state, ui
   pk_str(pk, reason);
 }
 
+#define NIL_WAVE UINT64_MAX /* skipped when the rollout started: in no wave */
+
 static void pk_target(msgpack_packer *pk, uint8_t idbyte, uint64_t wave, const char *state, const char *msg,
                       size_t idlen) {
   uint8_t id[32];
@@ -711,7 +730,10 @@ static void pk_target(msgpack_packer *pk, uint8_t idbyte, uint64_t wave, const c
   pk_str(pk, "agent");
   pk_bin(pk, id, idlen);
   pk_str(pk, "wave");
-  msgpack_pack_uint64(pk, wave);
+  if (wave == NIL_WAVE)
+    msgpack_pack_nil(pk);
+  else
+    msgpack_pack_uint64(pk, wave);
   pk_str(pk, "state");
   pk_str(pk, state);
   pk_str(pk, "at");
@@ -731,8 +753,9 @@ static void rollout_reply(msgpack_sbuffer *sb, const char *state, size_t bad_idl
   pk_str(&pk, "rollout");
   pk_rollout(&pk, "web-1.2.0-ab12", state, 1, 3, "");
   pk_str(&pk, "targets");
-  msgpack_pack_array(&pk, 6);
+  msgpack_pack_array(&pk, 7);
   pk_target(&pk, 0x11, 1, "success", "success", 32);
+  pk_target(&pk, 0x1a, NIL_WAVE, "skipped", "pinned", 32);
   pk_target(&pk, 0x22, 0, "success", "success", 32);
   pk_target(&pk, 0x33, 1, "rolled_back", "rolled_back: health check failed", bad_idlen);
   pk_target(&pk, 0x44, 1, "success", "", 32);
@@ -804,6 +827,7 @@ static void test_rollout_show(void **state) {
                              "tenant:    lab\n"
                              "artifact:  web 1.2.0\n"
                              "selector:  role=kiosk\n"
+                             "channel:   stable\n"
                              "waves:     10,50,100\n"
                              "policy:    grace 30s, min success 99.5%, max failures 1, skip offline agents, "
                              "complete when no agent is eligible, action timeout 10m\n"
@@ -822,7 +846,10 @@ static void test_rollout_show(void **state) {
                              "  666666666666  success      success\n"
                              "\n"
                              "wave 3/3: 1 agent: 1 waiting\n"
-                             "  555555555555  waiting\n");
+                             "  555555555555  waiting\n"
+                             "\n"
+                             "not in any wave: 1 agent: 1 skipped\n"
+                             "  1a1a1a1a1a1a  skipped      pinned\n");
   out_free(&o);
   msgpack_sbuffer_destroy(&sb);
 
@@ -831,7 +858,7 @@ static void test_rollout_show(void **state) {
   out_open(&o, false);
   assert_int_equal(fy_admin_view_rollout(&o.v, (const uint8_t *)sb.data, sb.size, &err), FY_EINVAL);
   out_close(&o);
-  assert_string_equal(err.msg, "rollout reply: targets[2]: agent is not bin 32");
+  assert_string_equal(err.msg, "rollout reply: targets[3]: agent is not bin 32");
   assert_int_equal(o.len, 0);
   struct fy_admin_rollout r;
   assert_int_equal(fy_admin_rollout_read((const uint8_t *)sb.data, sb.size, &r, &err), FY_EINVAL);

@@ -335,6 +335,15 @@ int fy_facts_collect(const struct fy_facts_source *src, struct fy_facts *out, st
   collect_disk(src->disk_dir, out);
   if (src->version)
     COPY_CUT(out->version, src->version);
+  const struct fy_update_prefs *up = src->update;
+  snprintf(out->update_mode, sizeof(out->update_mode), "%s",
+           fy_update_mode_name(up ? up->mode : FY_UPDATE_FOLLOW));
+  if (up) {
+    COPY_CUT(out->channel, up->channel);
+    COPY_CUT(out->assigned, up->assigned);
+    COPY_CUT(out->hw_model, up->hw_model);
+    COPY_CUT(out->hw_revision, up->hw_revision);
+  }
   snprintf(out->ferry_version, sizeof(out->ferry_version), "%s", FY_VERSION);
   out->collected_at = src->now_ms;
   return 0;
@@ -368,6 +377,11 @@ static const struct field fields[] = {
     STR_FIELD(ferry_version),
     STR_FIELD(nixos_system),
     {"labels", LABELS, offsetof(struct fy_facts, labels), sizeof(struct fy_labels)},
+    STR_FIELD(update_mode),
+    STR_FIELD(channel),
+    STR_FIELD(assigned),
+    STR_FIELD(hw_model),
+    STR_FIELD(hw_revision),
     UINT_FIELD(disk_free),
     UINT_FIELD(disk_total),
     UINT_FIELD(uptime_s),

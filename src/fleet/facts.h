@@ -29,6 +29,7 @@
 #include "base/buf.h"
 #include "base/err.h"
 #include "fleet/labels.h"
+#include "fleet/update_mode.h"
 
 /* Limits in bytes, without the NUL. uname(2) fields are at most 64 bytes on
  * Linux; the others leave room for what real systems carry. */
@@ -61,17 +62,23 @@ struct fy_facts {
   char ferry_version[FY_FACTS_FERRY_VERSION_MAX + 1]; /* the agent's own FY_VERSION */
   char nixos_system[FY_FACTS_NIXOS_SYSTEM_MAX + 1];   /* target of run/current-system, NixOS only */
   struct fy_labels labels;
+  /* How it wants to be updated (fleet/update_mode.h): its configuration. */
+  char update_mode[16];
+  char channel[FY_CHANNEL_MAX + 1];
+  char assigned[FY_ASSIGNED_MAX + 1];
+  char hw_model[64], hw_revision[64];
   uint64_t disk_free, disk_total; /* bytes: available to unprivileged users, and in all */
   uint64_t uptime_s;
   uint64_t collected_at; /* ms since the Unix epoch */
 };
 
 struct fy_facts_source {
-  const char *root;               /* NULL or "/" for the real system; a fake root directory in tests */
-  const char *disk_dir;           /* statvfs'ed as is (not under root); NULL: disk fields 0 */
-  const char *version;            /* NULL: empty */
-  const struct fy_labels *labels; /* NULL: none */
-  uint64_t now_ms;                /* becomes collected_at */
+  const char *root;                     /* NULL or "/" for the real system; a fake root directory in tests */
+  const char *disk_dir;                 /* statvfs'ed as is (not under root); NULL: disk fields 0 */
+  const char *version;                  /* NULL: empty */
+  const struct fy_labels *labels;       /* NULL: none */
+  const struct fy_update_prefs *update; /* NULL: follow, no channel, hardware unknown */
+  uint64_t now_ms;                      /* becomes collected_at */
 };
 
 /* Fills *out (entirely: it need not be initialised) from the machine.

@@ -453,6 +453,20 @@ static const char *compatible_list(const struct fy_manifest *m, char *out, size_
   return out;
 }
 
+int fy_manifest_check_compatible(const struct fy_manifest *m, const char *hw_model, const char *hw_revision,
+                                 struct fy_err *err) {
+  if (fy_manifest_compatible(m, hw_model, hw_revision))
+    return 0;
+  char list[256];
+  compatible_list(m, list, sizeof(list));
+  if (!hw_model || !hw_model[0])
+    return fy_err_set(err, FY_EPERM, "incompatible: %s %s is for %s; this machine's model is unknown",
+                      m->name, m->version_text, list);
+  return fy_err_set(err, FY_EPERM, "incompatible: %s %s is for %s; this machine is %.63s%s%.63s", m->name,
+                    m->version_text, list, hw_model, hw_revision && hw_revision[0] ? "/" : "",
+                    hw_revision ? hw_revision : "");
+}
+
 enum fy_cmd_refusal fy_manifest_verify(const uint8_t *env, size_t len, const struct fy_manifest_target *t,
                                        struct fy_manifest *out, struct fy_err *err) {
   struct fy_envelope e;
@@ -504,16 +518,8 @@ enum fy_cmd_refusal fy_manifest_verify(const uint8_t *env, size_t len, const str
     }
     return FY_CMD_FORBIDDEN_ROLE;
   }
-  if (!fy_manifest_compatible(&m, t->hw_model, t->hw_revision)) {
-    char list[256];
-    compatible_list(&m, list, sizeof(list));
-    if (!t->hw_model || !t->hw_model[0])
-      fy_err_set(err, FY_EPERM, "manifest: incompatible: %s %s is for %s; this machine's model is unknown",
-                 m.name, m.version_text, list);
-    else
-      fy_err_set(err, FY_EPERM, "manifest: incompatible: %s %s is for %s; this machine is %.63s%s%.63s",
-                 m.name, m.version_text, list, t->hw_model, t->hw_revision && t->hw_revision[0] ? "/" : "",
-                 t->hw_revision ? t->hw_revision : "");
+  if (fy_manifest_check_compatible(&m, t->hw_model, t->hw_revision, err) < 0) {
+    fy_err_prefix(err, "manifest");
     return FY_CMD_INCOMPATIBLE;
   }
   struct fy_semver cur;

@@ -133,5 +133,10 @@ enum fy_cmd_refusal fy_manifest_verify(const uint8_t *env, size_t len, const str
  * sensitive matches; a NULL or "" model matches only the empty list, a NULL
  * or "" revision only entries without one. */
 bool fy_manifest_compatible(const struct fy_manifest *m, const char *hw_model, const char *hw_revision);
+/* The same as a check: 0, or FY_EPERM with "incompatible: NAME VERSION is
+ * for LIST; this machine is MODEL/REVISION" (the agent's refusal and the
+ * coordinator's reason for skipping it). */
+int fy_manifest_check_compatible(const struct fy_manifest *m, const char *hw_model, const char *hw_revision,
+                                 struct fy_err *err);
 
 #endif

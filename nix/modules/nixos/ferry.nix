@@ -215,7 +215,39 @@ in
         };
       };
 
-    agent = commonOptions "agent" { extraSettings = { }; } // {
+    agent =
+      commonOptions "agent" {
+        # The agent's update mode (proto/rollout.md): declared with the host,
+        # reported to the coordinator in its facts.
+        extraSettings = {
+          update_mode = mkOption {
+            type = types.enum [
+              "follow"
+              "pinned"
+              "assigned"
+              "latest"
+            ];
+            default = "follow";
+            description = ''
+              follow: install what rollouts deliver; pinned: install nothing;
+              assigned: run `assigned_version` only (rollouts skip the host);
+              latest: also catch up with the channel's newest release.
+            '';
+          };
+          channel = mkOption {
+            type = types.strMatching "[a-z0-9._-]{1,32}";
+            default = "stable";
+            description = "Release channel: rollouts on a channel select only its agents.";
+          };
+          assigned_version = mkOption {
+            type = types.str;
+            default = "";
+            example = "kiosk-app@2.1.0";
+            description = "With update_mode assigned: VERSION or NAME@VERSION this host runs.";
+          };
+        };
+      }
+      // {
       ticketFile = mkOption {
         type = types.nullOr (types.strMatching "/.+");
         default = null;
@@ -338,7 +370,12 @@ in
         a = cfg.agent;
       in
       {
-        assertions = flagOwnedKeyAssertions "agent";
+        assertions = flagOwnedKeyAssertions "agent" ++ [
+          {
+            assertion = (a.settings.update_mode == "assigned") == (a.settings.assigned_version != "");
+            message = "services.ferry.agent.settings: assigned_version goes with update_mode = \"assigned\", and only with it";
+          }
+        ];
 
         systemd.tmpfiles.rules = lib.optional (
           stateDirectoryOf a.dataDir == null
