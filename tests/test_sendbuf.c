@@ -91,11 +91,39 @@ static void fully_acked_buffers_release_memory(void **state) {
   fy_sendbuf_free(&b);
 }
 
+/* A stream that carries one short call holds about that call, not a
+ * bulk-sized buffer; a bulk stream's chunks grow to 16 KiB and no further
+ * (few iovecs per packet), and a write larger than that gets its own. */
+static void chunks_fit_small_calls_and_grow_for_bulk(void **state) {
+  (void)state;
+  struct fy_sendbuf b;
+  fy_sendbuf_init(&b);
+  uint8_t call[600] = {0};
+  assert_int_equal(fy_sendbuf_append(&b, call, sizeof(call)), 0);
+  assert_true(fy_sendbuf_allocated(&b) <= 1100);
+  for (int i = 0; i < 200; i++)
+    assert_int_equal(fy_sendbuf_append(&b, call, sizeof(call)), 0);
+  size_t held = fy_sendbuf_allocated(&b), used = 201 * sizeof(call);
+  assert_true(held >= used && held < used + 16384 + 256);
+  struct iovec iov[64];
+  size_t n = fy_sendbuf_unsent(&b, iov, 64);
+  for (size_t i = 0; i < n; i++)
+    assert_true(iov[i].iov_len <= 16384);
+  assert_true(n <= 13); /* 1, 2, 4, 8 KiB, then 16 KiB chunks */
+  static uint8_t big[100000];
+  assert_int_equal(fy_sendbuf_append(&b, big, sizeof(big)), 0);
+  n = fy_sendbuf_unsent(&b, iov, 64);
+  assert_true(iov[n - 1].iov_len <= sizeof(big));
+  assert_int_equal(fy_sendbuf_unsent_len(&b), used + sizeof(big));
+  fy_sendbuf_free(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unsent_is_what_was_appended),
       cmocka_unit_test(sent_bytes_stay_put_until_acked),
       cmocka_unit_test(fully_acked_buffers_release_memory),
+      cmocka_unit_test(chunks_fit_small_calls_and_grow_for_bulk),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

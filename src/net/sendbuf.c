@@ -5,8 +5,13 @@
 
 #include "base/err.h"
 
-/* Small writes share chunks; a large write gets a chunk of its own size. */
-#define CHUNK_MIN 16384
+/* Small writes share chunks; a large write gets a chunk of its own size.
+ * Chunks start small and double up to CHUNK_MAX: most streams carry one
+ * short call, and a 16 KiB chunk for each of them was most of what a
+ * coordinator's heap grew by while it pushed a wave to its agents (freed
+ * afterwards, but kept by malloc between long-lived allocations). */
+#define CHUNK_FIRST 1024
+#define CHUNK_MAX 16384
 
 struct fy_sendbuf_chunk {
   struct fy_sendbuf_chunk *next;
@@ -32,7 +37,9 @@ int fy_sendbuf_append(struct fy_sendbuf *b, const uint8_t *data, size_t len) {
   while (len > 0) {
     struct fy_sendbuf_chunk *t = b->tail;
     if (!t || t->len == t->cap) {
-      size_t cap = len > CHUNK_MIN ? len : CHUNK_MIN;
+      size_t cap = !t ? CHUNK_FIRST : t->cap >= CHUNK_MAX ? CHUNK_MAX : t->cap * 2;
+      if (cap < len)
+        cap = len;
       struct fy_sendbuf_chunk *c = malloc(sizeof(*c) + cap);
       if (!c)
         return FY_ENOMEM;
@@ -53,6 +60,13 @@ int fy_sendbuf_append(struct fy_sendbuf *b, const uint8_t *data, size_t len) {
     b->total += n;
   }
   return 0;
+}
+
+size_t fy_sendbuf_allocated(const struct fy_sendbuf *b) {
+  size_t n = 0;
+  for (const struct fy_sendbuf_chunk *c = b->head; c; c = c->next)
+    n += sizeof(*c) + c->cap;
+  return n;
 }
 
 size_t fy_sendbuf_unsent(const struct fy_sendbuf *b, struct iovec *iov, size_t iovmax) {

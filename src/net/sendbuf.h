@@ -43,6 +43,9 @@ void fy_sendbuf_mark_sent(struct fy_sendbuf *b, size_t n);
 /* The peer acknowledged everything before offset; frees whole chunks. */
 void fy_sendbuf_ack(struct fy_sendbuf *b, uint64_t offset);
 
+/* Bytes the chunks hold (allocated, not only used): what a stream costs. */
+size_t fy_sendbuf_allocated(const struct fy_sendbuf *b);
+
 /* Bytes appended but not yet acknowledged: what backpressure is measured in. */
 static inline uint64_t fy_sendbuf_unacked(const struct fy_sendbuf *b) {
   return b->total - b->acked;
