@@ -520,6 +520,7 @@ static int view_list(const struct fy_admin_view *v, const uint8_t *reply, size_t
 struct agent_fields {
   uint8_t id[32];
   char status[16], tenant[80], labels[2048], hostname[128], version[160];
+  char updates[448]; /* "latest beta", "assigned app@1.2.0"; "" from older coordinators */
   bool online;
   uint64_t last_seen, enrolled_at;
 };
@@ -536,6 +537,21 @@ static int agent_read(const msgpack_object *e, struct agent_fields *a, const cha
       (rc = get_uint(e, "last_seen", &a->last_seen, w, err)) < 0 ||
       (rc = get_uint(e, "enrolled_at", &a->enrolled_at, w, err)) < 0)
     return rc;
+  /* How it takes updates: its mode, and what the mode depends on. */
+  char mode[16] = "", channel[40] = "", assigned[400] = "";
+  a->updates[0] = '\0';
+  if (fy_admin_map_get(e, "update_mode") &&
+      ((rc = get_str(e, "update_mode", mode, sizeof(mode), w, err)) < 0 ||
+       (rc = get_str(e, "channel", channel, sizeof(channel), w, err)) < 0 ||
+       (rc = get_str(e, "assigned", assigned, sizeof(assigned), w, err)) < 0))
+    return rc;
+  bool on_channel =
+      strcmp(mode, "latest") == 0 || (strcmp(mode, "follow") == 0 && strcmp(channel, "stable") != 0);
+  snprintf(a->updates, sizeof(a->updates), "%s%s%s", mode,
+           strcmp(mode, "assigned") == 0 || on_channel ? " " : "",
+           strcmp(mode, "assigned") == 0 ? assigned
+           : on_channel                  ? channel
+                                         : "");
   return 0;
 }
 
@@ -549,13 +565,13 @@ static int agent_row(const struct fy_admin_view *v, struct table *t, const msgpa
   short_of(a.id, id);
   fy_admin_format_time(v->now_ms, a.last_seen, seen, sizeof(seen));
   return table_row(t, err, id, a.status, a.tenant[0] ? a.tenant : "-", a.hostname, a.version,
-                   a.online ? "yes" : "no", seen, a.labels);
+                   a.updates[0] ? a.updates : "-", a.online ? "yes" : "no", seen, a.labels);
 }
 
 int fy_admin_view_agents(const struct fy_admin_view *v, const uint8_t *reply, size_t len,
                          struct fy_err *err) {
-  static const char *const head[] = {"ID",      "STATUS", "TENANT",    "HOSTNAME",
-                                     "VERSION", "ONLINE", "LAST SEEN", "LABELS"};
+  static const char *const head[] = {"ID",      "STATUS", "TENANT",    "HOSTNAME", "VERSION",
+                                     "UPDATES", "ONLINE", "LAST SEEN", "LABELS"};
   return view_list(v, reply, len, "agents", "agents reply", head, FY_ARRAY_LEN(head), agent_row, err);
 }
 
@@ -769,9 +785,9 @@ int fy_admin_view_agent(const struct fy_admin_view *v, const uint8_t *reply, siz
   fy_admin_format_time(v->now_ms, facts_at, fat, sizeof(fat));
   fprintf(v->out,
           "id:          %s\nstatus:      %s\ntenant:      %s\nlabels:      %s\nhostname:    %s\n"
-          "version:     %s\nonline:      %s\nlast seen:   %s\nenrolled at: %s\n",
+          "version:     %s\nupdates:     %s\nonline:      %s\nlast seen:   %s\nenrolled at: %s\n",
           hex, a.status, a.tenant[0] ? a.tenant : "-", a.labels[0] ? a.labels : "-", a.hostname, a.version,
-          a.online ? "yes" : "no", seen, enrolled);
+          a.updates[0] ? a.updates : "-", a.online ? "yes" : "no", seen, enrolled);
   print_update(v, fy_admin_map_get(&o, "update"));
   fprintf(v->out, "\nfacts (%s):\n", fat);
   if (facts->via.map.size == 0)

@@ -698,6 +698,7 @@ static void open_apply(struct agent *a) {
       .store = fy_node_store(a->node),
       .log = a->log,
       .work_dir = a->work_dir,
+      .base_version = a->o->version,
       .apply_command = a->o->apply_command,
       .health_command = a->o->health_command,
       .apply_timeout_ms = a->o->apply_timeout_ms,

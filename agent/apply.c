@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/childmark.h"
 #include "base/cleanup.h"
 #include "base/mpshape.h"
 
@@ -26,6 +27,7 @@ const struct fy_store_schema fy_apply_schema = {"apply", tables, FY_ARRAY_LEN(ta
 #define RECORD_KEY "state"
 #define RECORD_MAX 65536
 #define RETRY_MAX_MS 300000u
+#define ORPHAN_POLL_MS 200u
 #define DEFAULT_APPLY_TIMEOUT_MS 600000u
 #define DEFAULT_HEALTH_TIMEOUT_MS 60000u
 #define DEFAULT_RETRY_MS 1000u
@@ -407,6 +409,11 @@ struct fy_apply {
   int vcode; /* 0 ok, FY_EINVAL mismatch (permanent), FY_EIO/FY_ENOENT (retry) */
   char vmsg[FY_APPLY_MESSAGE_MAX + 1];
 
+  /* an applier a previous run of the agent left running (childmark.h) */
+  char mark_path[FY_APPLY_PATH_MAX + 1];
+  pid_t orphan;
+  uint64_t orphan_deadline;
+
   int live; /* outstanding handles, children and work that reference a */
   bool closing;
   void (*close_done)(void *user);
@@ -637,6 +644,7 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
   child_close(c);
   if (a->timed_out || a->closing)
     kill(-a->pid, SIGKILL); /* what is left of its process group */
+  fy_childmark_clear(a->mark_path);
   if (a->closing)
     return;
   char msg[FY_APPLY_MESSAGE_MAX + 1];
@@ -710,6 +718,11 @@ static char **make_env(const struct fy_apply *a) {
   return env;
 }
 
+static void ensure_work_dir(const struct fy_apply *a) {
+  if (mkdir(a->cfg.work_dir, 0700) < 0 && errno != EEXIST)
+    fy_warn(a->cfg.log, "apply.work_dir", "path", a->cfg.work_dir, "error", strerror(errno));
+}
+
 static void spawn_step(struct fy_apply *a) {
   char msg[FY_APPLY_MESSAGE_MAX + 1];
   const char *const *argv = a->steps[a->cur];
@@ -759,6 +772,10 @@ static void spawn_step(struct fy_apply *a) {
   }
   a->child = c;
   a->pid = c->proc.pid;
+  ensure_work_dir(a);
+  struct fy_err err = {0};
+  if (fy_childmark_write(a->mark_path, a->pid, &err) < 0)
+    fy_warn(a->cfg.log, "apply.mark_failed", "reason", err.msg);
   uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
@@ -795,8 +812,10 @@ static void run_job(struct fy_apply *a, enum job_kind kind, size_t nsteps, uint6
 /* ---- the states ---- */
 
 static void rollback_done(struct fy_apply *a, bool ok, int exit_code, const char *msg) {
-  if (ok)
+  if (ok && a->rec.previous_version[0])
     transition(a, FY_APPLY_ROLLED_BACK, exit_code, a->tail, "rolled back to '%s'", a->rec.previous_version);
+  else if (ok)
+    transition(a, FY_APPLY_ROLLED_BACK, exit_code, a->tail, "rolled back (no earlier version known)");
   else
     transition(a, FY_APPLY_FAILED, exit_code, a->tail, "%s", msg);
 }
@@ -1001,8 +1020,7 @@ static void begin_download(struct fy_apply *a) {
     transition(a, FY_APPLY_FAILED, -1, "", "download: no downloader configured");
     return;
   }
-  if (mkdir(a->cfg.work_dir, 0700) < 0 && errno != EEXIST)
-    fy_warn(a->cfg.log, "apply.work_dir", "path", a->cfg.work_dir, "error", strerror(errno));
+  ensure_work_dir(a);
   struct dl_token *tok = calloc(1, sizeof(*tok));
   if (!tok) {
     schedule_retry(a);
@@ -1021,8 +1039,41 @@ static void begin_download(struct fy_apply *a) {
   }
 }
 
+/* An applier that a previous run of the agent started may still be running
+ * (its own process group outlives the agent): true while recovery must wait
+ * for it, polling. It may finish the activation; past the apply timeout its
+ * group is killed. */
+static bool wait_for_orphan(struct fy_apply *a) {
+  if (a->child)
+    return false; /* ours: this run started it */
+  pid_t pid = 0;
+  struct fy_err err = {0};
+  int rc = fy_childmark_running(a->mark_path, &pid, &err);
+  if (rc < 0)
+    fy_warn(a->cfg.log, "apply.mark_unreadable", "reason", err.msg);
+  if (rc <= 0) {
+    a->orphan = 0;
+    return false;
+  }
+  char pids[24];
+  snprintf(pids, sizeof(pids), "%d", (int)pid);
+  if (a->orphan != pid) {
+    a->orphan = pid;
+    a->orphan_deadline = now_ms() + a->apply_timeout;
+    fy_warn(a->cfg.log, "apply.waiting_for_applier", "attempt", a->rec.art.id, "pid", pids, "state",
+            fy_apply_state_name(a->rec.state));
+  } else if (now_ms() >= a->orphan_deadline) {
+    fy_warn(a->cfg.log, "apply.killing_applier", "attempt", a->rec.art.id, "pid", pids);
+    kill(-pid, SIGKILL);
+  }
+  schedule(a, resume, ORPHAN_POLL_MS);
+  return true;
+}
+
 /* What the record's state asks for (the table in apply.h). */
 static void resume(struct fy_apply *a) {
+  if ((a->rec.state == FY_APPLY_ACTIVATING || a->rec.state == FY_APPLY_ROLLING_BACK) && wait_for_orphan(a))
+    return;
   switch (a->rec.state) {
   case FY_APPLY_DOWNLOADING:
     begin_download(a);
@@ -1068,6 +1119,7 @@ int fy_apply_open(struct fy_apply **out, const struct fy_apply_config *cfg, stru
   if (!a)
     return fy_err_set(err, FY_ENOMEM, "apply: out of memory");
   a->cfg = *cfg;
+  snprintf(a->mark_path, sizeof(a->mark_path), "%s/applier.pid", cfg->work_dir);
   a->nix_store = cfg->nix_store ? cfg->nix_store : "nix-store";
   a->nix_env = cfg->nix_env ? cfg->nix_env : "nix-env";
   a->profile = cfg->profile ? cfg->profile : "/nix/var/nix/profiles/system";
@@ -1145,7 +1197,9 @@ int fy_apply_start(struct fy_apply *a, const struct fy_apply_artifact *art, stru
     copy_str(next->artifact_path, sizeof(next->artifact_path), art->uri);
   else
     snprintf(next->artifact_path, sizeof(next->artifact_path), "%s/%s.artifact", a->cfg.work_dir, art->id);
-  copy_str(next->previous_version, sizeof(next->previous_version), a->rec.installed_version);
+  copy_str(next->previous_version, sizeof(next->previous_version),
+           a->rec.installed_version[0] || !a->cfg.base_version ? a->rec.installed_version
+                                                               : a->cfg.base_version);
   copy_str(next->previous_artifact, sizeof(next->previous_artifact), a->rec.installed_artifact);
   copy_str(next->installed_version, sizeof(next->installed_version), a->rec.installed_version);
   copy_str(next->installed_artifact, sizeof(next->installed_artifact), a->rec.installed_artifact);

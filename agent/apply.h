@@ -32,8 +32,12 @@
  *   activating     the applier's outcome is unknown (it may have finished,
  *                  or not started): runs the health check; healthy ->
  *                  success, else rolls back. The applier is NOT run again.
+ *                  If it still runs (the agent died, its process group did
+ *                  not: agent/childmark.h), the engine first waits for it,
+ *                  at most apply_timeout_ms, then kills its group.
  *   verifying      runs the health check again
- *   rolling_back   rolls back again: rollbacks must be idempotent (the nixos
+ *   rolling_back   (after waiting for a rollback still running, as above)
+ *                  rolls back again: rollbacks must be idempotent (the nixos
  *                  one skips `nix-env --rollback` when the profile already
  *                  points where it pointed before the activation)
  *
@@ -173,8 +177,11 @@ struct fy_apply_config {
   uv_loop_t *loop;
   struct fy_store *store; /* opened with fy_apply_schema */
   const struct fy_log *log;
-  const char *work_dir;             /* artifacts are staged here as <id>.artifact (created 0700 if missing) */
-  const char *const *apply_command; /* script applier: NULL-terminated argv, no shell */
+  const char *work_dir; /* artifacts are staged here as <id>.artifact (created 0700 if missing) */
+  /* What ran before ferry installed anything (the agent's --version): the
+   * previous version of the first attempt. NULL or "": unknown. */
+  const char *base_version;
+  const char *const *apply_command;  /* script applier: NULL-terminated argv, no shell */
   const char *const *health_command; /* NULL-terminated argv; exit 0 = healthy; NULL: always healthy */
   uint64_t apply_timeout_ms;         /* a whole activate or rollback; 0: 600000 */
   uint64_t health_timeout_ms;        /* one health run; 0: 60000 */

@@ -926,7 +926,7 @@ static bool visible_agent(const struct fy_admin *caller, const struct agent_rec 
 
 static void pack_agent(struct query *q, const struct fy_nodeid *id, const struct agent_rec *a) {
   msgpack_packer *pk = &q->pk;
-  msgpack_pack_map(pk, 9);
+  msgpack_pack_map(pk, 12);
   fy_mp_pack_kv_bin(pk, "id", id->key, FY_NODEID_LEN);
   fy_mp_pack_kv_str(pk, "status", fy_agent_status_name(a->status));
   fy_mp_pack_kv_str(pk, "tenant", a->tenant);
@@ -937,6 +937,9 @@ static void pack_agent(struct query *q, const struct fy_nodeid *id, const struct
   fy_mp_pack_kv_bool(pk, "online", q->c->online && q->c->online(id, q->c->online_user));
   fy_mp_pack_kv_u64(pk, "last_seen", a->last_seen);
   fy_mp_pack_kv_u64(pk, "enrolled_at", a->enrolled_at);
+  fy_mp_pack_kv_str(pk, "update_mode", fy_update_mode_name(a->update.mode));
+  fy_mp_pack_kv_str(pk, "channel", a->update.channel[0] ? a->update.channel : FY_CHANNEL_DEFAULT);
+  fy_mp_pack_kv_str(pk, "assigned", a->update.assigned);
 }
 
 static int q_agents(struct fy_txn *t, struct query *q) {

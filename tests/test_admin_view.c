@@ -62,10 +62,19 @@ static void pk_bin(msgpack_packer *pk, const uint8_t *p, size_t n) {
   msgpack_pack_bin_with_body(pk, p, n);
 }
 
-static void pk_agent(msgpack_packer *pk, uint8_t idbyte, const char *hostname, bool id_ok) {
+/* mode NULL: a reply of a coordinator older than update modes. */
+static void pk_agent(msgpack_packer *pk, uint8_t idbyte, const char *hostname, bool id_ok, const char *mode) {
   uint8_t id[32];
   memset(id, idbyte, sizeof(id));
-  msgpack_pack_map(pk, 9);
+  msgpack_pack_map(pk, mode ? 12 : 9);
+  if (mode) {
+    pk_str(pk, "update_mode");
+    pk_str(pk, mode);
+    pk_str(pk, "channel");
+    pk_str(pk, "beta");
+    pk_str(pk, "assigned");
+    pk_str(pk, "");
+  }
   pk_str(pk, "id");
   pk_bin(pk, id, id_ok ? 32 : 31);
   pk_str(pk, "status");
@@ -97,8 +106,8 @@ static void agents_reply(msgpack_sbuffer *sb, bool id_ok) {
   msgpack_pack_map(&pk, 1);
   pk_str(&pk, "agents");
   msgpack_pack_array(&pk, 2);
-  pk_agent(&pk, 0x3f, "kiosk-berlin-17", true);
-  pk_agent(&pk, 0xa0, "pos-1", id_ok);
+  pk_agent(&pk, 0x3f, "kiosk-berlin-17", true, "latest");
+  pk_agent(&pk, 0xa0, "pos-1", id_ok, NULL);
 }
 
 static void test_agents_table(void **state) {
@@ -111,10 +120,13 @@ static void test_agents_table(void **state) {
   assert_int_equal(fy_admin_view_agents(&o.v, (const uint8_t *)sb.data, sb.size, &err), 0);
   out_close(&o);
   /* Header, then rows with columns aligned under it. */
+  assert_contains(
+      o.buf,
+      "ID            STATUS    TENANT  HOSTNAME         VERSION  UPDATES      ONLINE  LAST SEEN  LABELS\n");
   assert_contains(o.buf,
-                  "ID            STATUS    TENANT  HOSTNAME         VERSION  ONLINE  LAST SEEN  LABELS\n");
-  assert_contains(o.buf, "3f3f3f3f3f3f  enrolled  lab     kiosk-berlin-17  1.2.3    yes     3m ago     "
-                         "role=kiosk,site=berlin\n");
+                  "3f3f3f3f3f3f  enrolled  lab     kiosk-berlin-17  1.2.3    latest beta  yes     3m ago     "
+                  "role=kiosk,site=berlin\n");
+  assert_contains(o.buf, "1.2.3    -            yes"); /* an older coordinator: no update mode */
   assert_contains(o.buf, "a0a0a0a0a0a0  enrolled  lab     pos-1  ");
   /* Lines carry no trailing blanks. */
   assert_null(strstr(o.buf, " \n"));
@@ -375,7 +387,7 @@ static void test_agent_show(void **state) {
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
   msgpack_pack_map(&pk, 5);
   pk_str(&pk, "agent");
-  pk_agent(&pk, 0x3f, "kiosk-berlin-17", true);
+  pk_agent(&pk, 0x3f, "kiosk-berlin-17", true, "pinned");
   pk_str(&pk, "update"); /* update mode latest: the channel's release, delivered outside rollouts */
   msgpack_pack_map(&pk, 6);
   pk_str(&pk, "via");
@@ -411,6 +423,7 @@ static void test_agent_show(void **state) {
   out_close(&o);
   assert_contains(o.buf, "id:          3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f\n");
   assert_contains(o.buf, "labels:      role=kiosk,site=berlin\n");
+  assert_contains(o.buf, "version:     1.2.3\nupdates:     pinned\nonline:      yes\n");
   assert_contains(o.buf, "update:      latest app 1.2.3: success (2m ago): healthy at '1.2.3'\n");
   assert_contains(o.buf, "facts (1m ago):\n  hostname: kiosk-berlin-17\n  version: 1.2.3\n  uptime_s: 500\n");
   assert_contains(o.buf, "history (3 reports):\n");

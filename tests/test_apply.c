@@ -17,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "agent/apply.h"
+#include "agent/childmark.h"
 #include "base/buf.h"
 #include "store/store.h"
 
@@ -413,6 +415,32 @@ static void health_failure_rolls_back(void **state) {
   assert_int_equal(count_of(c->path[P_APPLY_LOG], "rollback v=2.0 prev=1.0"), 1);
 }
 
+/* The first attempt rolls back to what ran before ferry (the agent's
+ * --version), and says so; without one it says none is known. */
+static void first_rollback_names_the_base_version(void **state) {
+  struct ctx *c = *state;
+  c->cfg.base_version = "0.9";
+  open_engine(c);
+  touch(c, "unhealthy");
+  struct fy_apply_artifact art = script_artifact("a1", "1.0");
+  start(c, &art);
+  wait_rest(c);
+  assert_int_equal(fy_apply_state(c->a), FY_APPLY_ROLLED_BACK);
+  assert_string_equal(c->reps[c->nreps - 1].message, "rolled back to '0.9'");
+  assert_string_equal(c->reps[c->nreps - 1].previous_version, "0.9");
+  assert_int_equal(count_of(c->path[P_APPLY_LOG], "rollback v=1.0 prev=0.9"), 1);
+  assert_string_equal(fy_apply_current_version(c->a), "");
+
+  c->cfg.base_version = NULL;
+  close_engine(c);
+  open_engine(c);
+  art = script_artifact("a2", "1.1");
+  start(c, &art);
+  wait_rest(c);
+  assert_int_equal(fy_apply_state(c->a), FY_APPLY_ROLLED_BACK);
+  assert_string_equal(c->reps[c->nreps - 1].message, "rolled back (no earlier version known)");
+}
+
 static void applier_failure_rolls_back(void **state) {
   struct ctx *c = *state;
   open_engine(c);
@@ -614,6 +642,44 @@ static void recover_activating_healthy(void **state) {
   assert_int_equal(count_of(c->path[P_APPLY_LOG], "activate"), 0);
   assert_int_equal(count_of(c->path[P_HEALTH_LOG], "health v=2.0"), 1);
   assert_string_equal(fy_apply_current_version(c->a), "2.0");
+}
+
+/* The agent died while its applier ran; the applier, in its own process
+ * group, did not: the restarted engine waits for it before the health
+ * check, so the two never run side by side. */
+static void recover_activating_waits_for_a_running_applier(void **state) {
+  struct ctx *c = *state;
+  write_record(c, FY_APPLY_ACTIVATING, "a2", "2.0");
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setpgid(0, 0);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "sleep 0.6; echo orphan finished >> %s", c->path[P_HEALTH_LOG]);
+    execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  usleep(20000);
+  char mark[600];
+  snprintf(mark, sizeof(mark), "%s/applier.pid", c->path[P_WORK]);
+  assert_int_equal(fy_childmark_write(mark, pid, NULL), 0);
+  open_engine(c);
+  /* reap it as init would have, so that it is not left a zombie */
+  while (waitpid(pid, NULL, WNOHANG) == 0) {
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    usleep(10000);
+  }
+  wait_rest(c);
+  assert_int_equal(fy_apply_state(c->a), FY_APPLY_SUCCESS);
+  char *log = read_all(c->path[P_HEALTH_LOG]);
+  assert_non_null(log);
+  const char *orphan = strstr(log, "orphan finished"), *health = strstr(log, "health v=2.0");
+  assert_non_null(orphan);
+  assert_non_null(health);
+  assert_true(orphan < health);
+  free(log);
+  assert_int_equal(access(mark, F_OK), -1);
 }
 
 static void recover_activating_unhealthy(void **state) {
@@ -915,6 +981,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(happy_path, setup, teardown),
       cmocka_unit_test_setup_teardown(health_failure_rolls_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(first_rollback_names_the_base_version, setup, teardown),
       cmocka_unit_test_setup_teardown(applier_failure_rolls_back, setup, teardown),
       cmocka_unit_test_setup_teardown(applier_timeout_is_killed_and_rolled_back, setup, teardown),
       cmocka_unit_test_setup_teardown(rollback_failure_fails, setup, teardown),
@@ -924,6 +991,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(recover_downloading, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_staged, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_activating_healthy, setup, teardown),
+      cmocka_unit_test_setup_teardown(recover_activating_waits_for_a_running_applier, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_activating_unhealthy, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_verifying, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_rolling_back, setup, teardown),
