@@ -1116,9 +1116,9 @@ static int rollout_create(struct admin *a, int argc, char **argv) {
       "add`) to the tenant's agents whose labels match the selector (and, with\n"
       "--channel, that are on the channel). The agents are chosen and split into\n"
       "waves at `rollout start`; pinned, assigned and incompatible agents are skipped\n"
-      "then, with the reason. Prints the rollout's id on\n"
-      "stdout (notes and the result go to stderr). Exit 0 applied, 1 refused, 75 when\n"
-      "the coordinator was not reached (the command stays queued).");
+      "then, with the reason. Prints the rollout's id on stdout (notes and the result go\n"
+      "to stderr). Exit 0 applied, 1 refused, 75 when the coordinator was not reached\n"
+      "(the command stays queued).");
   if (st >= 0 || (st = need_args(a, 0, "no arguments")) >= 0)
     return finish(a, st);
   struct fy_err err = {0};

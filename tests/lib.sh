@@ -107,3 +107,42 @@ start_coordinator() {
   spec=$(sed -n 's/^admins connect with: --coordinator //p' "$tmp/coord.out")
   coord_listen=${spec#*@}
 }
+
+# The fleet as admins see it; the caller defines `admin` (ferry admin with
+# its key, data directory and coordinator). Agent N lives in $tmp/aN.
+admin_as() { # KEYNAME ARGS...: ferry admin with $tmp/KEYNAME.key and its own data directory
+  local who=$1
+  shift
+  FERRY_KEY_FILE="$tmp/$who.key" FERRY_DATA_DIR="$tmp/admin-$who" FERRY_COORDINATOR="$spec" \
+    FERRY_LOG_LEVEL=warn FERRY_TIMEOUT=10s "$ferry" admin "$@"
+}
+agent_id() { "$ferry" key show --id "$tmp/a$1/node.key"; }
+is_online() { # N: the coordinator sees agent N connected
+  local id
+  id=$(agent_id "$1")
+  admin agents list --json 2>>"$tmp/show.err" | python3 -c "import json,sys
+r=json.load(sys.stdin); sys.exit(0 if [a for a in r['agents'] if a['id'] == '$id' and a['online']] else 1)"
+}
+is_offline() { ! is_online "$1"; }
+installed() { cat "$tmp/a$1/installed.version" 2>/dev/null || echo "none"; }
+activations() { # N VERSION: completed activations of VERSION by agent N (the applier counts them)
+  if [ -e "$tmp/a$1/activations" ]; then grep -cx "activate $2" "$tmp/a$1/activations"; else echo 0; fi
+}
+rollout_field() { # ID EXPR: EXPR (python, over r = `ferry admin rollout show ID --json`)
+  admin rollout show "$1" --json 2>>"$tmp/show.err" | python3 -c "import json,sys; r=json.load(sys.stdin); print($2)"
+}
+rollout_state() { rollout_field "$1" 'r["rollout"]["state"]'; }
+target_field() { # ID AGENT_N KEY (state, wave, msg)
+  local id
+  id=$(agent_id "$2")
+  rollout_field "$1" "[t['$3'] for t in r['targets'] if t['agent'] == '$id'][0]"
+}
+target_state() { target_field "$1" "$2" state; }
+count_targets() { # ID STATE...: how many targets are in one of these states
+  local states
+  states=$(printf '"%s",' "${@:2}")
+  rollout_field "$1" "sum(1 for t in r['targets'] if t['state'] in ($states))"
+}
+all_answered() { [ "$(count_targets "$1" waiting sent working)" = 0 ]; } # ID: every target has an outcome
+is_final() { [[ "$(rollout_state "$1")" =~ ^(completed|partial|failed|aborted)$ ]]; }
+wait_final() { until_ok "$2" is_final "$1"; } # ID SECONDS

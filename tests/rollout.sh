@@ -27,8 +27,7 @@ write_applier
   >/dev/null 2>&1 || exit 1
 start_coordinator || { echo "coordinator did not start"; exit 1; }
 
-admin() { FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin" FERRY_COORDINATOR="$spec" \
-  FERRY_LOG_LEVEL=warn FERRY_TIMEOUT=10s "$ferry" admin "$@"; }
+admin() { admin_as owner "$@"; }
 
 declare -A agent_pid
 start_agent() { # N [flags...]
@@ -45,37 +44,6 @@ stop_agent() { # N [SIGNAL]
   wait "${agent_pid[$1]}" 2>/dev/null
   return 0
 }
-agent_id() { "$ferry" key show --id "$tmp/a$1/node.key"; }
-is_online() { # N: the coordinator sees agent N connected
-  local id
-  id=$(agent_id "$1")
-  admin agents list --json 2>>"$tmp/show.err" | python3 -c "import json,sys
-r=json.load(sys.stdin); sys.exit(0 if [a for a in r['agents'] if a['id'] == '$id' and a['online']] else 1)"
-}
-is_offline() { ! is_online "$1"; }
-installed() { cat "$tmp/a$1/installed.version" 2>/dev/null || echo "none"; }
-# completed activations of VERSION by agent N (apply.sh writes them)
-activations() { # N VERSION
-  if [ -e "$tmp/a$1/activations" ]; then grep -cx "activate $2" "$tmp/a$1/activations"; else echo 0; fi
-}
-
-# A rollout's JSON as `ferry admin rollout show --json` prints it; field via python.
-rollout_field() { # ID EXPR  (EXPR over r = the reply)
-  admin rollout show "$1" --json 2>>"$tmp/show.err" | python3 -c "import json,sys; r=json.load(sys.stdin); print($2)"
-}
-rollout_state() { rollout_field "$1" 'r["rollout"]["state"]'; }
-target_field() { # ID AGENT_N KEY  (state, wave, msg)
-  local id
-  id=$(agent_id "$2")
-  rollout_field "$1" "[t['$3'] for t in r['targets'] if t['agent'] == '$id'][0]"
-}
-target_state() { target_field "$1" "$2" state; } # ID AGENT_N
-count_targets() { # ID STATE...: how many targets are in one of these states
-  local states
-  states=$(printf '"%s",' "${@:2}")
-  rollout_field "$1" "sum(1 for t in r['targets'] if t['state'] in ($states))"
-}
-all_answered() { [ "$(count_targets "$1" waiting sent working)" = 0 ]; } # ID: every target has an outcome
 healthy_at() { # VERSION [N...]: every healthy agent but N... has VERSION installed
   local v=$1 n
   shift
@@ -84,8 +52,6 @@ healthy_at() { # VERSION [N...]: every healthy agent but N... has VERSION instal
     [ "$(installed "$n")" = "$v" ] || { echo "  agent $n has $(installed "$n"), not $v" >&2; return 1; }
   done
 }
-is_final() { [[ "$(rollout_state "$1")" =~ ^(completed|partial|failed|aborted)$ ]]; }
-wait_final() { until_ok "$2" is_final "$1"; } # ID SECONDS
 
 # An artifact file per version.
 artifact() { # VERSION [FLAGS...]
@@ -131,7 +97,7 @@ t_update_log_of_an_agent() {
   has "$out" "| applied activate 2.0.0" || return 1
   run 0 admin agents log "$id" --json && has "$out" '"state":"rolled_back"' || return 1
   # --follow keeps printing until interrupted
-  timeout 3 env FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin" FERRY_COORDINATOR="$spec" \
+  timeout 3 env FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin-owner" FERRY_COORDINATOR="$spec" \
     FERRY_LOG_LEVEL=warn "$ferry" admin agents log "$id" --follow --interval 200ms >"$tmp/follow.out" 2>&1
   [ $? = 124 ] && grep -q 'rolled_back' "$tmp/follow.out"
 }

@@ -34,48 +34,16 @@ REFUSAL="signer ${mallory_id:0:12} may not sign rollouts for tenant lab (not an 
   >/dev/null 2>&1 || exit 1
 start_coordinator || { echo "coordinator did not start"; exit 1; }
 
-admin() { FERRY_KEY_FILE="$tmp/owner.key" FERRY_DATA_DIR="$tmp/admin" FERRY_COORDINATOR="$spec" \
-  FERRY_LOG_LEVEL=warn FERRY_TIMEOUT=10s "$ferry" admin "$@"; }
+admin() { admin_as owner "$@"; }
 # mallory: her own key and admin data directory, the same coordinator
-mallory() { FERRY_KEY_FILE="$tmp/mallory.key" FERRY_DATA_DIR="$tmp/mallory" FERRY_COORDINATOR="$spec" \
-  FERRY_LOG_LEVEL=warn FERRY_TIMEOUT=10s "$ferry" admin "$@"; }
+mallory() { admin_as mallory "$@"; }
 
 start_agent() { # N
   spawn "$tmp/a$1.log" "$ferry" agent --data-dir "$tmp/a$1" --keepalive 500ms --facts-interval 2s \
     --apply-command "$tmp/apply.sh" --health-command /bin/true --health-timeout 5s --version 1.0.0
 }
-agent_id() { "$ferry" key show --id "$tmp/a$1/node.key"; }
-is_online() { # N: the coordinator sees agent N connected
-  local id
-  id=$(agent_id "$1")
-  admin agents list --json 2>>"$tmp/show.err" | python3 -c "import json,sys
-r=json.load(sys.stdin); sys.exit(0 if [a for a in r['agents'] if a['id'] == '$id' and a['online']] else 1)"
-}
 all_enrolled_online() { admin agents list | grep -c "1.0.0.*yes" | grep -qx "$NAGENTS"; }
 all_online() { local n; for n in $(seq 1 $NAGENTS); do is_online "$n" || return 1; done; }
-installed() { cat "$tmp/a$1/installed.version" 2>/dev/null || echo "none"; }
-activations() { # N VERSION
-  if [ -e "$tmp/a$1/activations" ]; then grep -cx "activate $2" "$tmp/a$1/activations"; else echo 0; fi
-}
-
-rollout_field() { # ID EXPR  (EXPR over r = the reply)
-  admin rollout show "$1" --json 2>>"$tmp/show.err" | python3 -c "import json,sys; r=json.load(sys.stdin); print($2)"
-}
-rollout_state() { rollout_field "$1" 'r["rollout"]["state"]'; }
-target_field() { # ID AGENT_N KEY  (state, wave, msg)
-  local id
-  id=$(agent_id "$2")
-  rollout_field "$1" "[t['$3'] for t in r['targets'] if t['agent'] == '$id'][0]"
-}
-target_state() { target_field "$1" "$2" state; }
-count_targets() { # ID STATE...
-  local states
-  states=$(printf '"%s",' "${@:2}")
-  rollout_field "$1" "sum(1 for t in r['targets'] if t['state'] in ($states))"
-}
-all_answered() { [ "$(count_targets "$1" waiting sent working)" = 0 ]; }
-is_final() { [[ "$(rollout_state "$1")" =~ ^(completed|partial|failed|aborted)$ ]]; }
-wait_final() { until_ok "$2" is_final "$1"; } # ID SECONDS
 
 # An artifact file per version, added by WHO (admin or mallory).
 artifact() { # WHO VERSION
