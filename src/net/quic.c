@@ -483,8 +483,13 @@ static void conn_enter_closing(struct fy_qconn *c) {
       memcpy(c->close_pkt, q->txbuf, (size_t)n);
       c->close_pkt_len = (size_t)n;
     }
-    path_send(c, q->txbuf, (size_t)n, 0, pi.ecn);
+    uint64_t dropped = q->stats.pkts_dropped;
+    if (path_send(c, q->txbuf, (size_t)n, 0, pi.ecn) < 0 || q->stats.pkts_dropped != dropped)
+      n = NGTCP2_ERR_NOBUF;
   }
+  /* Without it the peer learns of the close only at its idle timeout. */
+  if (n <= 0)
+    qlog(q, FY_LOG_WARN, "quic.close_unsent", c, "why", n < 0 ? ngtcp2_strerror((int)n) : "nothing to send");
   conn_arm_timer(c);
 }
 
