@@ -878,9 +878,11 @@ static int busy_in_rollout(struct tick *k, const struct fy_nodeid *agent) {
         fy_store_get(k->t, tb(k->t, T_TARGETS), fy_bytes_of(key, target_key(key, k->running[i], agent)), &v);
     if (rc < 0)
       return rc;
-    if (rc == 1 && (rc = decode_target(k->t, v, &tr)) < 0)
+    if (rc == 0)
+      continue;
+    if ((rc = decode_target(k->t, v, &tr)) < 0)
       return rc;
-    if (rc == 1 && (tr.state == FY_TARGET_SENT || tr.state == FY_TARGET_WORKING))
+    if (tr.state == FY_TARGET_SENT || tr.state == FY_TARGET_WORKING)
       return 1;
   }
   return 0;

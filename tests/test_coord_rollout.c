@@ -553,6 +553,22 @@ static void test_latest_agents_catch_up_with_their_channel(void **state) {
   update_of(r, 0, via, st, msg);
   assert_string_equal(st, "rolled_back");
   assert_int_equal(desired(r, 0), 1);
+  /* an agent in a running rollout's wave is left to it: no release beside it */
+  add_artifact(r, "app", "3.0.0", NULL);
+  prefs(r, 4, "follow", "stable", "", "", "1.0.0");
+  assert_int_equal(create(r, "s2", "app", "3.0.0", "stable", why), FY_CMD_OK);
+  assert_int_equal(start(r, "s2", why), FY_CMD_OK);
+  tick(r);
+  assert_int_equal(desired(r, 4), 1);
+  prefs(r, 4, "latest", "stable", "", "", "1.0.0");
+  tick(r);
+  assert_int_equal(desired(r, 4), 1);
+  update_of(r, 4, via, st, msg);
+  assert_string_equal(via, "");
+  report_on(r, 4, "s2", "3.0.0", "success");
+  prefs(r, 4, "latest", "stable", "", "", "3.0.0");
+  tick(r);
+  assert_int_equal(desired(r, 4), 1); /* ahead of the release: nothing */
 }
 
 static void test_assigned_agents_get_their_version(void **state) {
