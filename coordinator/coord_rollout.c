@@ -25,6 +25,10 @@ static const struct fy_store_table_def tables[T_N] = {
 const struct fy_store_schema fy_coord_rollout_schema = {"rollouts", tables, T_N, NULL, 0};
 
 #define RECORD_ELEMENTS_MAX 4096
+/* Deliveries outside rollouts are looked for when something they depend on
+ * changed (fy_coord.updates_due) and, in case a change was missed, at least
+ * this often. */
+#define UPDATES_RECHECK_MS 30000
 #define KEY_MAX 256
 
 static struct fy_table *tb(struct fy_txn *t, int which) {
@@ -553,7 +557,6 @@ static int rollout_move(struct fy_txn *t, const struct fy_cmd_body *b, const msg
 
 int fy_coord_rollout_apply(struct fy_coord *c, struct fy_txn *t, const struct fy_cmd_body *b, uint64_t now,
                            enum fy_cmd_refusal *r, struct fy_err *why) {
-  (void)c;
   *r = FY_CMD_OK;
   struct fy_mpmap m;
   if (fy_mpmap_decode(&m, b->args, b->args_len, 8, RECORD_ELEMENTS_MAX, "args", why) < 0) {
@@ -561,9 +564,11 @@ int fy_coord_rollout_apply(struct fy_coord *c, struct fy_txn *t, const struct fy
     return 0;
   }
   int rc;
-  if (strcmp(b->cmd, "artifact.add") == 0)
+  if (strcmp(b->cmd, "artifact.add") == 0) {
     rc = artifact_add(t, b, m.map, r, why);
-  else if (strcmp(b->cmd, "rollout.create") == 0)
+    if (rc == 0 && *r == FY_CMD_OK)
+      atomic_store(&c->updates_due, true); /* an assignment may name it */
+  } else if (strcmp(b->cmd, "rollout.create") == 0)
     rc = rollout_create(t, b, m.map, now, r, why);
   else
     rc = rollout_move(t, b, m.map, now, r, why);
@@ -692,6 +697,8 @@ static int tick_rollout(struct fy_coord *c, struct fy_txn *t, struct rollout_rec
     }
     if (ro->wave + 1 >= ro->nwaves) {
       ro->state = fy_rollout_final_state(&w.all);
+      if (ro->channel[0])
+        atomic_store(&c->updates_due, true); /* a release: latest agents may be behind */
       snprintf(ro->reason, sizeof(ro->reason), "wave %u: %s", ro->wave + 1, why);
       return put_rollout(t, ro);
     }
@@ -772,6 +779,8 @@ struct tick {
   size_t nrunning, running_cap;
   struct release *releases;
   size_t nreleases, releases_cap;
+  bool updates;      /* look at every agent for assigned / latest deliveries */
+  bool updates_more; /* an agent was busy: look again at the next tick */
 };
 
 static int grow(struct fy_txn *t, void **v, size_t *cap, size_t n, size_t size) {
@@ -933,8 +942,10 @@ static int converge_agent(const struct fy_nodeid *id, const struct fy_coord_agen
     return 0; /* delivered once; what the agent made of it is in last.state */
   FY_AUTOBUF struct fy_buf env = FY_BUF_INIT;
   if (!want.state[0]) {
-    if ((rc = busy_in_rollout(k, id)) != 0)
+    if ((rc = busy_in_rollout(k, id)) != 0) {
+      k->updates_more = true;
       return rc < 0 ? rc : 0;
+    }
     struct fy_manifest m;
     struct fy_err why = {0};
     if ((rc = artifact_manifest(k->t, a->tenant, want.name, want.version, &env, &m)) < 0)
@@ -961,6 +972,7 @@ static int tick_body(struct fy_txn *t, void *user) {
   k->t = t;
   k->changed = 0;
   k->nrunning = k->nreleases = 0;
+  k->updates_more = false;
   /* Ids copied first: ticking writes the table. */
   int rc = each_rollout(t, read_rollout, k);
   for (size_t i = 0; rc >= 0 && i < k->nrunning; i++) {
@@ -968,7 +980,7 @@ static int tick_body(struct fy_txn *t, void *user) {
     if ((rc = get_rollout(t, k->running[i], &ro)) == 1)
       rc = tick_rollout(k->c, t, &ro, k->now, k->online, k->online_user, &k->changed);
   }
-  if (rc >= 0)
+  if (rc >= 0 && k->updates)
     rc = fy_coord_each_agent(t, converge_agent, k);
   return rc < 0 ? rc : 0;
 }
@@ -977,9 +989,15 @@ int fy_coord_rollout_tick(struct fy_coord *c, uint64_t now,
                           bool (*online)(const struct fy_nodeid *id, void *user), void *user,
                           struct fy_err *err) {
   struct tick k = {.c = c, .now = now, .online = online, .online_user = user};
+  /* Taken before the transaction, which may run twice; given back if it fails. */
+  k.updates = atomic_exchange(&c->updates_due, false) || now >= c->updates_checked_at + UPDATES_RECHECK_MS;
+  if (k.updates)
+    c->updates_checked_at = now;
   int rc = fy_store_write(c->store, tick_body, &k, err);
   free(k.running);
   free(k.releases);
+  if (k.updates && (rc < 0 || k.updates_more))
+    atomic_store(&c->updates_due, true);
   if (rc < 0)
     return rc;
   if (k.changed && c->changed)

@@ -217,6 +217,14 @@ static int put_agent(struct fy_txn *t, const struct fy_nodeid *id, const struct 
   return fy_store_put(t, tb(t, T_AGENTS), ID_KEY(id), fy_bytes_of(b.data, b.len));
 }
 
+/* An assigned or latest agent reported (or enrolled): the tick looks
+ * whether it needs a delivery. Set before the transaction commits, which
+ * at worst makes the tick look once for nothing. */
+static void note_update_prefs(struct fy_coord *c, const struct agent_rec *rec) {
+  if (rec->update.mode == FY_UPDATE_ASSIGNED || rec->update.mode == FY_UPDATE_LATEST)
+    atomic_store(&c->updates_due, true);
+}
+
 /* What the agent record keeps of its facts. A mode this coordinator does
  * not know (a newer agent) counts as pinned: it is never sent anything it
  * might not want. */
@@ -698,6 +706,7 @@ static int on_facts(struct fy_txn *t, const struct fy_nodeid *sender, const char
   }
   uint64_t now = now_of(c);
   rec_from_facts(&rec, &f);
+  note_update_prefs(c, &rec);
   rec.last_seen = now;
   if ((rc = put_agent(t, sender, &rec)) < 0)
     return rc;
@@ -811,6 +820,7 @@ static int enroll_body(struct fy_txn *t, void *user) {
   rec.last_seen = e->now;
   if (e->has_facts) {
     rec_from_facts(&rec, &e->f);
+    note_update_prefs(e->c, &rec);
   }
   if (rec.status != FY_AGENT_ENROLLED && e->has_secret) {
     uint8_t hash[32];

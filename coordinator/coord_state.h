@@ -15,6 +15,7 @@
 #ifndef FY_COORDINATOR_COORD_STATE_H
 #define FY_COORDINATOR_COORD_STATE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,6 +65,11 @@ struct fy_coord {
    * thread; it may also abort or run again): its live connections must go. */
   void (*revoked)(const struct fy_nodeid *agent, void *user);
   void *revoked_user;
+  /* Deliveries outside rollouts (coord_rollout.c) look at every agent only
+   * when something they depend on changed: an assigned or latest agent's
+   * facts, an artifact, a release. Set from any thread; the tick clears it. */
+  atomic_bool updates_due;
+  uint64_t updates_checked_at; /* the tick's own: the last full look */
 };
 
 /* `coordinator init`: records the coordinator's id and its root owners in a
