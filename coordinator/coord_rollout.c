@@ -568,10 +568,11 @@ int fy_coord_rollout_apply(struct fy_coord *c, struct fy_txn *t, const struct fy
     rc = artifact_add(t, b, m.map, r, why);
     if (rc == 0 && *r == FY_CMD_OK)
       atomic_store(&c->updates_due, true); /* an assignment may name it */
-  } else if (strcmp(b->cmd, "rollout.create") == 0)
+  } else if (strcmp(b->cmd, "rollout.create") == 0) {
     rc = rollout_create(t, b, m.map, now, r, why);
-  else
+  } else {
     rc = rollout_move(t, b, m.map, now, r, why);
+  }
   fy_mpmap_free(&m);
   return rc;
 }
