@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 static const struct fy_store_table_def tables[] = {{"agent.meta", 0}, {"agent.trust", 0}};
@@ -19,10 +20,6 @@ const struct fy_store_schema fy_agent_schema = {"agent", tables, FY_ARRAY_LEN(ta
 #define META (&tables[0])
 #define TRUST (&tables[1])
 #define ENROLLMENT_KEY "enrollment"
-
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
 
 static const char *name_of(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
   const char *what = user;
@@ -125,7 +122,7 @@ int fy_agent_enrollment_encode(const struct fy_agent_enrollment *e, struct fy_bu
     return fy_err_set(err, FY_EINVAL, "enrollment: bad tenant");
   size_t old = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int bad = msgpack_pack_map(&pk, 6);
   bad = bad || msgpack_pack_str_with_body(&pk, "coord", 5) ||
         msgpack_pack_bin_with_body(&pk, e->coordinator.key, FY_NODEID_LEN);
@@ -397,7 +394,7 @@ int fy_agent_enroll_request_encode(const uint8_t *secret, const uint8_t *facts, 
     return fy_err_set(err, FY_EINVAL, "enroll request: facts are empty");
   size_t old = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int bad = msgpack_pack_map(&pk, secret ? 2 : 1);
   if (secret)
     bad = bad || msgpack_pack_str_with_body(&pk, "secret", 6) ||

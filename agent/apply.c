@@ -17,6 +17,7 @@
 
 #include "agent/childmark.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 static const struct fy_store_table_def tables[] = {{"apply.attempt", 0}, {"apply.history", 0}};
@@ -107,10 +108,6 @@ static const struct field fields[] = {
 };
 #undef STR
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 int fy_apply_record_encode(const struct fy_apply_record *r, struct fy_buf *out, struct fy_err *err) {
   const uint8_t *base = (const uint8_t *)r;
   for (size_t i = 0; i < FY_ARRAY_LEN(fields); i++)
@@ -118,7 +115,7 @@ int fy_apply_record_encode(const struct fy_apply_record *r, struct fy_buf *out, 
       return fy_err_set(err, FY_EINVAL, "apply record: %s is not NUL-terminated", fields[i].name);
   size_t old = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int bad = msgpack_pack_map(&pk, FY_ARRAY_LEN(fields));
   for (size_t i = 0; !bad && i < FY_ARRAY_LEN(fields); i++) {
     const struct field *f = &fields[i];

@@ -15,6 +15,7 @@
 
 #include "base/buf.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "coordinator/coord_rollout.h"
 #include "coordinator/coord_state.h"
 #include "fleet/facts.h"
@@ -99,10 +100,6 @@ struct cmd {
   struct fy_buf args;
 };
 
-static inline int buf_write(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 static inline void seal(struct fx *f, struct cmd *c, struct fy_buf *env) {
   struct fy_cmd_body b = {0};
   b.issuer = f->keys[c->issuer].id;
@@ -151,7 +148,7 @@ static inline int run(struct fx *f, struct cmd *c, char *why, size_t size) {
 static inline void args_id(struct fy_buf *b, const char *key, const struct fy_nodeid *id,
                            const char *labels) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, b, buf_write);
+  msgpack_packer_init(&pk, b, fy_mp_buf_write);
   msgpack_pack_map(&pk, labels ? 2 : 1);
   msgpack_pack_str_with_body(&pk, key, strlen(key));
   msgpack_pack_bin_with_body(&pk, id->key, FY_NODEID_LEN);
@@ -184,7 +181,7 @@ static inline int make_ticket(struct fx *f, int signer, const char *tenant, cons
   struct cmd c = {
       .signer = signer, .issuer = signer, .coord = K_COORD, .name = "enroll.create", .tenant = tenant};
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &c.args, buf_write);
+  msgpack_packer_init(&pk, &c.args, fy_mp_buf_write);
   msgpack_pack_map(&pk, 4);
   msgpack_pack_str_with_body(&pk, "hash", 4);
   msgpack_pack_bin_with_body(&pk, hash, 32);
@@ -214,7 +211,7 @@ static inline int enroll(struct fx *f, int agent, const uint8_t *secret, struct 
   FY_AUTOBUF struct fy_buf facts = FY_BUF_INIT;
   facts_bytes(agent == K_AGENT ? "kiosk-1" : "kiosk-2", &facts);
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &req, buf_write);
+  msgpack_packer_init(&pk, &req, fy_mp_buf_write);
   msgpack_pack_map(&pk, secret ? 2 : 1);
   if (secret) {
     msgpack_pack_str_with_body(&pk, "secret", 6);
@@ -248,7 +245,7 @@ static inline int query(struct fx *f, int caller, const char *q, const char *id,
                         int *code, struct fy_err *err) {
   FY_AUTOBUF struct fy_buf req = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &req, buf_write);
+  msgpack_packer_init(&pk, &req, fy_mp_buf_write);
   msgpack_pack_map(&pk, id ? 2 : 1);
   msgpack_pack_str_with_body(&pk, "q", 1);
   msgpack_pack_str_with_body(&pk, q, strlen(q));

@@ -19,6 +19,7 @@
 
 #include "agent/agent_state.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "crypto/key.h"
 #include "fleet/envelope.h"
 #include "fleet/trust.h"
@@ -121,10 +122,6 @@ static void assert_same_record(const struct fy_agent_enrollment *a, const struct
 
 /* ---- msgpack helpers for crafted input ---------------------------------------------- */
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 static void pk_str(msgpack_packer *pk, const char *s) {
   msgpack_pack_str_with_body(pk, s, strlen(s));
 }
@@ -147,7 +144,7 @@ static void record_bad_input(void **state) {
   struct fy_err err;
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
 
   /* missing keys */
   msgpack_pack_map(&pk, 1);
@@ -511,7 +508,7 @@ static void reply_decodes(void **state) {
   struct fy_buf st[] = {s1, s2};
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   pack_reply(&pk, c, "enrolled", true, true, st, 2);
   struct fy_agent_enroll_reply r;
   assert_int_equal(fy_agent_enroll_reply_decode(b.data, b.len, &r, &err), 0);
@@ -539,7 +536,7 @@ static void reply_bad_input(void **state) {
   struct fy_agent_enroll_reply r;
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
 
   pack_reply(&pk, c, "enrolled", false, false, NULL, 0);
   assert_int_equal(fy_agent_enroll_reply_decode(b.data, b.len, &r, &err), FY_EINVAL);

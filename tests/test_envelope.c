@@ -20,6 +20,7 @@
 
 #include "base/buf.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "crypto/key.h"
 #include "fleet/envelope.h"
 
@@ -246,10 +247,6 @@ struct raw_body {
   bool args_not_map, reverse;
 };
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 static void pack_field(msgpack_packer *pk, const struct ctx *c, const struct raw_body *r, const char *k) {
   msgpack_pack_str_with_body(pk, k, strlen(k));
   if (!strcmp(k, "issuer"))
@@ -275,7 +272,7 @@ static void pack_field(msgpack_packer *pk, const struct ctx *c, const struct raw
 static void pack_raw(const struct ctx *c, const struct raw_body *r, struct fy_buf *out) {
   static const char *const keys[] = {"issuer", "seq", "iat", "exp", "coord", "tenant", "cmd", "args"};
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   size_t n = 8 - (r->omit ? 1 : 0) + (r->dup ? 1 : 0) + (r->extra ? 1 : 0);
   msgpack_pack_map(&pk, n);
   for (size_t i = 0; i < 8; i++) {

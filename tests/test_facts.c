@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "base/buf.h"
+#include "base/mpmap.h"
 #include "fleet/facts.h"
 #include "fleet/labels.h"
 #include "fy_config.h"
@@ -315,11 +316,6 @@ static void round_trip(void **state) {
   fy_buf_free(&b);
 }
 
-/* A packer into a fresh buffer for hand-made maps. */
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 static void pack_str(msgpack_packer *pk, const char *s) {
   msgpack_pack_str_with_body(pk, s, strlen(s));
 }
@@ -341,7 +337,7 @@ static void expect_refused(const struct fy_buf *b, int code, const char *msg) {
   do {                                                                                                       \
     struct fy_buf b_ = FY_BUF_INIT;                                                                          \
     msgpack_packer pk_;                                                                                      \
-    msgpack_packer_init(&pk_, &b_, sink);                                                                    \
+    msgpack_packer_init(&pk_, &b_, fy_mp_buf_write);                                                         \
     msgpack_pack_map(&pk_, 2);                                                                               \
     pack_str(&pk_, "hostname");                                                                              \
     pack_str(&pk_, "h");                                                                                     \
@@ -386,7 +382,7 @@ static void decode_refusals(void **state) {
 
   struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   msgpack_pack_array(&pk, 1);
   pack_str(&pk, "hostname");
   expect_refused(&b, FY_EINVAL, "facts: not a map");
@@ -402,7 +398,7 @@ static void decode_refusals(void **state) {
 /* {"hostname": "h", "padding": <str of n bytes>} is exactly total bytes long. */
 static void padded(struct fy_buf *b, size_t total) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, b, sink);
+  msgpack_packer_init(&pk, b, fy_mp_buf_write);
   size_t head = 1 + 9 + 2 + 8 + 3; /* fixmap, "hostname", "h", "padding", str16 header */
   char *pad = malloc(total - head);
   assert_non_null(pad);
@@ -431,7 +427,7 @@ static void size_limit_and_unknown_keys(void **state) {
 
   /* A newer agent's keys, of any type, are skipped; absent known keys stay empty. */
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   msgpack_pack_map(&pk, 4);
   pack_str(&pk, "future_map");
   msgpack_pack_map(&pk, 1);

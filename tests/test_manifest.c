@@ -20,6 +20,7 @@
 
 #include "base/buf.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "crypto/key.h"
 #include "fleet/envelope.h"
 #include "fleet/manifest.h"
@@ -360,10 +361,6 @@ static void test_kind_names(void **state) {
 
 /* ---- decode errors ---------------------------------------------------------------- */
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 /* A golden body packed field by field, without the encoder's checks. */
 struct raw {
   const char *omit, *dup, *extra; /* a key to leave out, to write twice, an unknown key to add */
@@ -415,7 +412,7 @@ static void pack_value(msgpack_packer *pk, const struct ctx *c, const struct raw
 
 static void pack_raw(const struct ctx *c, const struct raw *r, struct fy_buf *out) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   size_t n = FY_ARRAY_LEN(KEYS) - (r->omit ? 1 : 0) + (r->dup ? 1 : 0) + (r->extra ? 1 : 0);
   msgpack_pack_map(&pk, n);
   for (size_t i = 0; i < FY_ARRAY_LEN(KEYS); i++) {

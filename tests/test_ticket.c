@@ -19,6 +19,7 @@
 
 #include "base/buf.h"
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "fleet/ticket.h"
 
 #define assert_contains(haystack, needle)                                                                    \
@@ -214,10 +215,6 @@ struct variant {
   const char *extra; /* an unknown key to add */
 };
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 static void pack_str(msgpack_packer *pk, const char *s) {
   msgpack_pack_str_with_body(pk, s, strlen(s));
 }
@@ -247,7 +244,7 @@ static void pack_default(msgpack_packer *pk, char k) {
 static void make_text(const struct variant *v, char *out, size_t size) {
   FY_AUTOBUF struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   static const char keys[] = "castle";
   size_t n = 6 - (v->omit ? 1 : 0) + (v->dup ? 1 : 0) + (v->extra ? 1 : 0);
   msgpack_pack_map(&pk, n);

@@ -9,15 +9,12 @@
 #include <time.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 /* A body's args may hold a list of agents, not a database: this bounds what
  * msgpack-c allocates for one body (about 24 bytes per element). */
 #define ARGS_ELEMENTS_MAX 4096
-
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
 
 static const char *envelope_part(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
   static const char *const parts[] = {"body", "signer", "sig"};
@@ -77,7 +74,7 @@ int fy_envelope_seal(const struct fy_key *key, const char *context, const uint8_
     return fy_err_set(err, FY_EINVAL, "envelope: the signing key has no secret");
   size_t start = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   if (msgpack_pack_array(&pk, 3) || msgpack_pack_bin_with_body(&pk, body, len) ||
       msgpack_pack_bin_with_body(&pk, key->id.key, FY_NODEID_LEN) ||
       msgpack_pack_bin_with_body(&pk, sig, FY_SIG_LEN)) {
@@ -204,7 +201,7 @@ int fy_cmd_body_encode(const struct fy_cmd_body *b, struct fy_buf *out, struct f
     return rc;
   size_t start = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
 #define KEY(k) msgpack_pack_str_with_body(&pk, k, sizeof(k) - 1)
   if (msgpack_pack_map(&pk, 8) || KEY("issuer") || msgpack_pack_bin_with_body(&pk, b->issuer.key, 32) ||
       KEY("seq") || msgpack_pack_uint64(&pk, b->seq) || KEY("iat") ||

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 #include "fy_config.h"
 
@@ -388,14 +389,10 @@ static const struct field fields[] = {
     UINT_FIELD(collected_at),
 };
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 int fy_facts_encode(const struct fy_facts *f, struct fy_buf *out, struct fy_err *err) {
   size_t start = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   int bad = msgpack_pack_map(&pk, FY_ARRAY_LEN(fields));
   for (size_t i = 0; i < FY_ARRAY_LEN(fields) && !bad; i++) {
     const struct field *d = &fields[i];

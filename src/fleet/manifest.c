@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/cleanup.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 enum {
@@ -216,10 +217,6 @@ static int check_fields(const struct fy_manifest *m, struct fy_err *err) {
 
 /* ---- encode ------------------------------------------------------------------ */
 
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
-
 int fy_manifest_encode(const struct fy_manifest *m, struct fy_buf *out, struct fy_err *err) {
   char version[FY_SEMVER_TEXT_MAX + 1];
   struct fy_semver parsed;
@@ -237,7 +234,7 @@ int fy_manifest_encode(const struct fy_manifest *m, struct fy_buf *out, struct f
 
   size_t start = out->len;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
 #define KEY(k) msgpack_pack_str_with_body(&pk, k, sizeof(k) - 1)
 #define STR(s) msgpack_pack_str_with_body(&pk, s, strlen(s))
   const char *kind = fy_artifact_kind_name(m->kind);

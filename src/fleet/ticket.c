@@ -7,16 +7,13 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/mpmap.h"
 #include "base/mpshape.h"
 
 #define VARIANT sodium_base64_VARIANT_URLSAFE_NO_PADDING
 #define PREFIX_LEN (sizeof(FY_TICKET_PREFIX) - 1)
 #define BIN_MAX (FY_TICKET_TEXT_MAX / 4 * 3) /* the most msgpack a ticket can carry */
 #define SECRET_HASH_CONTEXT "ferry/ticket/v1"
-
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
 
 static const char *ticket_part(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
   (void)pos, (void)user;
@@ -84,7 +81,7 @@ int fy_ticket_encode(const struct fy_ticket *t, char *out, size_t size, struct f
     return fy_err_prefix(err, "ticket");
   struct fy_buf b = FY_BUF_INIT;
   msgpack_packer pk;
-  msgpack_packer_init(&pk, &b, sink);
+  msgpack_packer_init(&pk, &b, fy_mp_buf_write);
   if (msgpack_pack_map(&pk, 6) || msgpack_pack_str_with_body(&pk, "c", 1) ||
       msgpack_pack_bin_with_body(&pk, t->coordinator.key, FY_NODEID_LEN) ||
       msgpack_pack_str_with_body(&pk, "a", 1) || msgpack_pack_array(&pk, t->naddrs))

@@ -4,11 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/mpmap.h"
 #include "base/mpshape.h"
-
-static int sink(void *data, const char *p, size_t n) {
-  return fy_buf_append(data, p, n, NULL) < 0 ? -1 : 0;
-}
 
 static const char *name_of(const struct fy_mpshape_pos *pos, char *out, size_t size, const void *user) {
   const char *what = user;
@@ -51,7 +48,7 @@ int fy_outbox_wire_encode_topic(struct fy_buf *out, const char *topic, struct fy
   if (n == 0 || n > FY_OUTBOX_TOPIC_MAX)
     return fy_err_set(err, FY_EINVAL, "topic must be 1 to %d bytes", FY_OUTBOX_TOPIC_MAX);
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   if (msgpack_pack_array(&pk, 1) || msgpack_pack_str_with_body(&pk, topic, n))
     return fy_err_set(err, FY_ENOMEM, "cannot encode the topic");
   return 0;
@@ -79,7 +76,7 @@ int fy_outbox_wire_decode_topic(const uint8_t *p, size_t len, char topic[FY_OUTB
 int fy_outbox_wire_encode_record(struct fy_buf *out, const struct fy_outbox_wire_record *r,
                                  struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   if (msgpack_pack_array(&pk, 4) || msgpack_pack_uint64(&pk, r->seq) ||
       msgpack_pack_uint64(&pk, r->prev_seq) || msgpack_pack_bin_with_body(&pk, r->id, FY_MSGID_LEN) ||
       msgpack_pack_bin_with_body(&pk, r->payload, r->payload_len))
@@ -123,7 +120,7 @@ int fy_outbox_wire_decode_record(const uint8_t *p, size_t len, struct fy_outbox_
 
 int fy_outbox_wire_encode_ack(struct fy_buf *out, uint64_t up_to, struct fy_err *err) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, out, sink);
+  msgpack_packer_init(&pk, out, fy_mp_buf_write);
   if (msgpack_pack_array(&pk, 1) || msgpack_pack_uint64(&pk, up_to))
     return fy_err_set(err, FY_ENOMEM, "cannot encode an acknowledgement");
   return 0;
