@@ -61,6 +61,18 @@ t_config_bad_value() {
   run 2 "$ferry" agent --config "$tmp/bad.conf" --print-config && has "$err" "$tmp/bad.conf:2" && has "$err" "bogus" || return 1
   run 2 "$ferry" agent --config "$tmp/missing.conf" && has "$err" "$tmp/missing.conf"
 }
+# Update modes are checked wherever the agent starts, `agent enroll` too
+# (its enrollment request reports them), before anything is written.
+t_agent_update_mode_checked() {
+  local ticket
+  for ticket in "" ferry-ticket1.x; do # `agent`, then `agent enroll TICKET`
+    run 2 "$ferry" agent ${ticket:+enroll} --data-dir "$tmp/um" --update-mode assigned $ticket &&
+      has "$err" "--update-mode assigned needs --assigned-version" || return 1
+    run 2 "$ferry" agent ${ticket:+enroll} --data-dir "$tmp/um" --channel Beta $ticket &&
+      has "$err" "--channel 'Beta'" || return 1
+  done
+  [ ! -e "$tmp/um" ]
+}
 
 t_key_generate_and_show() {
   run 0 "$ferry" key generate --out "$tmp/n.key" --log-level warn || return 1
