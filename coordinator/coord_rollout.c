@@ -833,10 +833,6 @@ static int find_assigned(struct fy_txn *t, const char *tenant, const struct fy_a
   uint8_t prefix[FY_TENANT_MAX + 1];
   size_t pn = strlen(tenant) + 1;
   memcpy(prefix, tenant, pn);
-  struct semver_want {
-    struct fy_semver v;
-  } want;
-  fy_semver_parse(a->version, &want.v, NULL);
   struct fy_cursor *cur;
   int rc = fy_cursor_open(t, tb(t, T_ARTIFACTS), fy_bytes_of(prefix, pn), &cur);
   if (rc < 0)
@@ -854,7 +850,7 @@ static int find_assigned(struct fy_txn *t, const char *tenant, const struct fy_a
       continue;
     memcpy(kversion, zero + 1, (size_t)(end - zero - 1));
     kversion[end - zero - 1] = '\0';
-    if (fy_semver_parse(kversion, &v, NULL) < 0 || fy_semver_cmp(&v, &want.v) != 0)
+    if (fy_semver_parse(kversion, &v, NULL) < 0 || fy_semver_cmp(&v, &a->v) != 0)
       continue;
     if (a->name[0] &&
         (strlen(a->name) != (size_t)(zero - kname) || memcmp(a->name, kname, (size_t)(zero - kname)) != 0))
@@ -924,7 +920,7 @@ static int converge_agent(const struct fy_nodeid *id, const struct fy_coord_agen
       return 0; /* the agent refused to start with it; facts of another kind of agent */
     snprintf(want.name, sizeof(want.name), "%s", as.name);
     snprintf(want.version, sizeof(want.version), "%s", as.version);
-    fy_semver_parse(as.version, &wv, NULL);
+    wv = as.v;
     if ((rc = find_assigned(k->t, a->tenant, &as, want.name, want.msg, sizeof(want.msg))) < 0)
       return rc;
     if (rc == 0)
@@ -1208,6 +1204,23 @@ static int query_log(struct fy_txn *t, const struct fy_admin *caller, const char
   return 1;
 }
 
+struct rollout_list {
+  const struct fy_admin *caller;
+  msgpack_packer *pk; /* NULL: count only */
+  uint32_t n;
+};
+
+static int list_rollout(const struct rollout_rec *ro, void *user) {
+  struct rollout_list *l = user;
+  if (!fy_admin_covers(l->caller, ro->tenant))
+    return 0;
+  if (l->pk)
+    pack_rollout(l->pk, ro);
+  else
+    l->n++;
+  return 0;
+}
+
 int fy_coord_rollout_query(struct fy_txn *t, const struct fy_admin *caller, const char *q, const char *id,
                            msgpack_packer *pk, int *rpc_code) {
   if (strcmp(q, "log") == 0)
@@ -1235,37 +1248,15 @@ int fy_coord_rollout_query(struct fy_txn *t, const struct fy_admin *caller, cons
     l.count_only = false;
     return each_target(t, ro.id, pack_target, &l) < 0 ? FY_EIO : 1;
   }
-  struct fy_cursor *cur;
-  struct fy_bytes k, v;
-  uint32_t n = 0;
-  int rc;
-  for (int pass = 0; pass < 2; pass++) {
-    if ((rc = fy_cursor_open(t, tb(t, T_ROLLOUTS), fy_bytes_of(NULL, 0), &cur)) < 0)
-      return rc;
-    if (pass == 1) {
-      msgpack_pack_map(pk, 1);
-      fy_mp_pack_str(pk, "rollouts");
-      msgpack_pack_array(pk, n);
-    }
-    while ((rc = fy_cursor_next(cur, &k, &v)) == 1) {
-      char rid[FY_ROLLOUT_ID_MAX + 1];
-      struct rollout_rec ro;
-      if (k.n > FY_ROLLOUT_ID_MAX)
-        continue;
-      memcpy(rid, k.p, k.n);
-      rid[k.n] = '\0';
-      if ((rc = decode_rollout(t, rid, v, &ro)) < 0)
-        break;
-      if (!fy_admin_covers(caller, ro.tenant))
-        continue;
-      if (pass == 0)
-        n++;
-      else
-        pack_rollout(pk, &ro);
-    }
-    fy_cursor_close(cur);
-    if (rc < 0)
-      return rc;
-  }
-  return 1;
+  /* Two passes: msgpack needs the count first. */
+  struct rollout_list l = {.caller = caller};
+  int rc = each_rollout(t, list_rollout, &l);
+  if (rc < 0)
+    return rc;
+  msgpack_pack_map(pk, 1);
+  fy_mp_pack_str(pk, "rollouts");
+  msgpack_pack_array(pk, l.n);
+  l.pk = pk;
+  rc = each_rollout(t, list_rollout, &l);
+  return rc < 0 ? rc : 1;
 }

@@ -610,6 +610,46 @@ static void test_assigned_agents_get_their_version(void **state) {
   assert_int_equal(desired(r, 3), 0);
 }
 
+/* The ids "rollouts" lists for caller, comma-separated. */
+static void listed(struct rfx *r, int caller, char *out, size_t size) {
+  FY_AUTOBUF struct fy_buf reply = FY_BUF_INIT;
+  int code;
+  struct fy_err err = {0};
+  if (query(r->f, caller, "rollouts", NULL, &reply, &code, &err) < 0)
+    fail_msg("query: %s", err.msg);
+  struct fy_mpmap m;
+  assert_int_equal(fy_mpmap_decode(&m, reply.data, reply.len, 8, 100000, "reply", NULL), 0);
+  const msgpack_object *l = fy_mp_get(m.map, "rollouts");
+  assert_non_null(l);
+  assert_int_equal(l->type, MSGPACK_OBJECT_ARRAY);
+  out[0] = '\0';
+  for (uint32_t i = 0; i < l->via.array.size; i++) {
+    char id[40];
+    assert_true(fy_mp_str(&l->via.array.ptr[i], "id", id, sizeof(id)));
+    snprintf(out + strlen(out), size - strlen(out), "%s%s", i ? "," : "", id);
+  }
+  fy_mpmap_free(&m);
+}
+
+/* The list holds every rollout in the caller's tenants, in id order, and
+ * nothing of other tenants. */
+static void test_list_is_scoped_to_the_callers_tenants(void **state) {
+  struct rfx *r = *state;
+  char why[512], ids[256];
+  listed(r, K_ROOT, ids, sizeof(ids));
+  assert_string_equal(ids, "");
+  assert_int_equal(create(r, "b2", "app", "2.0.0", "", why), FY_CMD_OK);
+  assert_int_equal(create(r, "a1", "app", "2.0.0", "stable", why), FY_CMD_OK);
+  listed(r, K_ROOT, ids, sizeof(ids));
+  assert_string_equal(ids, "a1,b2");
+  add_admin(r->f, K_ROOT, K_VIEWER, FY_ROLE_VIEWER, "prod", FY_CMD_OK);
+  listed(r, K_VIEWER, ids, sizeof(ids));
+  assert_string_equal(ids, "");
+  add_admin(r->f, K_ROOT, K_OPLAB, FY_ROLE_VIEWER, "lab", FY_CMD_OK);
+  listed(r, K_OPLAB, ids, sizeof(ids));
+  assert_string_equal(ids, "a1,b2");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_waves_advance_on_success_only, rsetup, rteardown),
@@ -622,6 +662,7 @@ int main(void) {
                                       rteardown),
       cmocka_unit_test_setup_teardown(test_latest_agents_catch_up_with_their_channel, rsetup, rteardown),
       cmocka_unit_test_setup_teardown(test_assigned_agents_get_their_version, rsetup, rteardown),
+      cmocka_unit_test_setup_teardown(test_list_is_scoped_to_the_callers_tenants, rsetup, rteardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,11 +41,10 @@ int fy_assigned_parse(const char *text, struct fy_assigned *out, struct fy_err *
   if (nn > FY_MANIFEST_NAME_MAX)
     return fy_err_set(err, FY_EINVAL, "assigned version: the name is longer than %d bytes",
                       FY_MANIFEST_NAME_MAX);
-  struct fy_semver v;
-  if (fy_semver_parse(version, &v, err) < 0)
+  if (fy_semver_parse(version, &out->v, err) < 0)
     return fy_err_prefix(err, "assigned version '%.80s'", text);
   memcpy(out->name, text, nn);
-  fy_semver_format(&v, out->version, sizeof(out->version));
+  fy_semver_format(&out->v, out->version, sizeof(out->version));
   return 0;
 }
 
@@ -58,10 +57,9 @@ bool fy_update_in_channel(const struct fy_update_prefs *p, const char *channel) 
 /* Is m the agent's assigned artifact? (An unparseable assignment matches nothing.) */
 static bool is_assigned(const struct fy_update_prefs *p, const struct fy_manifest *m) {
   struct fy_assigned a;
-  struct fy_semver v;
-  if (fy_assigned_parse(p->assigned, &a, NULL) < 0 || fy_semver_parse(a.version, &v, NULL) < 0)
+  if (fy_assigned_parse(p->assigned, &a, NULL) < 0)
     return false;
-  return (!a.name[0] || strcmp(a.name, m->name) == 0) && fy_semver_cmp(&v, &m->version) == 0;
+  return (!a.name[0] || strcmp(a.name, m->name) == 0) && fy_semver_cmp(&a.v, &m->version) == 0;
 }
 
 bool fy_update_rollout_skips(const struct fy_update_prefs *p, const struct fy_manifest *m, char *why,

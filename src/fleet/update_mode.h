@@ -52,10 +52,11 @@ int fy_update_mode_parse(const char *text, enum fy_update_mode *out, struct fy_e
 bool fy_channel_ok(const char *channel);
 
 /* An assigned version: "NAME@VERSION" (name may be empty: any artifact
- * with that version). name gets "" or the name, version the semantic
- * version's text. FY_EINVAL naming what is wrong. */
+ * with that version). name gets "" or the name, v the semantic version and
+ * version its text. FY_EINVAL naming what is wrong. */
 struct fy_assigned {
   char name[FY_MANIFEST_NAME_MAX + 1];
+  struct fy_semver v;
   char version[FY_SEMVER_TEXT_MAX + 1];
 };
 int fy_assigned_parse(const char *text, struct fy_assigned *out, struct fy_err *err);
