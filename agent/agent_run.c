@@ -809,11 +809,11 @@ static int desired_handler(struct fy_txn *t, const struct fy_nodeid *sender, con
     fy_trust_free(&view);
     if (ref != FY_CMD_OK)
       snprintf(message, sizeof(message), "%s: %.400s", fy_cmd_refusal_name(ref), why.msg);
-    else if (up && fy_update_refuses(up, w->rollout, &w->m, message, sizeof(message)))
-      ; /* message says why */
     else if (strlen(w->m.version_text) > FY_APPLY_VERSION_MAX)
       snprintf(message, sizeof(message), "%s: version is longer than %d bytes",
                fy_cmd_refusal_name(FY_CMD_MALFORMED), FY_APPLY_VERSION_MAX);
+    else if (up)
+      fy_update_refuses(up, w->rollout, &w->m, message, sizeof(message)); /* fills message if it refuses */
   }
   fy_mpmap_free(&map);
   uint64_t now = now_ms();
