@@ -23,6 +23,7 @@
 #include "base/mpmap.h"
 #include "crypto/key.h"
 #include "fleet/envelope.h"
+#include "hex_util.h"
 
 #define assert_contains(haystack, needle)                                                                    \
   do {                                                                                                       \
@@ -56,30 +57,6 @@ static const uint64_t EXP = 1767229200000; /* 2026-01-01T01:00:00Z */
 struct ctx {
   struct fy_key admin, coord, other; /* seeds 0x00.., 0x20.., 0x40.. */
 };
-
-static char *to_hex(const uint8_t *p, size_t n) {
-  char *h = malloc(2 * n + 1);
-  assert_non_null(h);
-  sodium_bin2hex(h, 2 * n + 1, p, n);
-  return h;
-}
-
-static uint8_t *from_hex(const char *hex, size_t *n) {
-  size_t max = strlen(hex) / 2;
-  uint8_t *p = malloc(max + 1);
-  assert_non_null(p);
-  assert_int_equal(sodium_hex2bin(p, max, hex, strlen(hex), NULL, n, NULL), 0);
-  return p;
-}
-
-static void assert_hex(const uint8_t *p, size_t n, const char *hex) {
-  char *h = to_hex(p, n);
-  int same = strcmp(h, hex) == 0;
-  if (!same)
-    print_error("got  %s\nwant %s\n", h, hex);
-  free(h);
-  assert_true(same);
-}
 
 static int setup(void **state) {
   struct ctx *c = calloc(1, sizeof(*c));

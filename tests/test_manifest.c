@@ -25,6 +25,7 @@
 #include "fleet/envelope.h"
 #include "fleet/manifest.h"
 #include "fleet/trust.h"
+#include "hex_util.h"
 
 /* Copies a C string into a char array, cut to fit. */
 #define SET(dst, src) snprintf((dst), sizeof(dst), "%s", (src))
@@ -73,30 +74,6 @@ struct ctx {
   struct fy_trust trust; /* root: ADMIN; VIEWER a viewer of "*", OPERATOR_PROD an operator of "prod" */
   uint64_t seq;
 };
-
-static char *to_hex(const uint8_t *p, size_t n) {
-  char *h = malloc(2 * n + 1);
-  assert_non_null(h);
-  sodium_bin2hex(h, 2 * n + 1, p, n);
-  return h;
-}
-
-static uint8_t *from_hex(const char *hex, size_t *n) {
-  size_t max = strlen(hex) / 2;
-  uint8_t *p = malloc(max + 1);
-  assert_non_null(p);
-  assert_int_equal(sodium_hex2bin(p, max, hex, strlen(hex), NULL, n, NULL), 0);
-  return p;
-}
-
-static void assert_hex(const uint8_t *p, size_t n, const char *hex) {
-  char *h = to_hex(p, n);
-  int same = strcmp(h, hex) == 0;
-  if (!same)
-    print_error("got  %s\nwant %s\n", h, hex);
-  free(h);
-  assert_true(same);
-}
 
 /* An admin.set statement by ADMIN (the root), applied to the agent's view. */
 static void grant(struct ctx *c, int who, enum fy_role role, const char *tenants) {
