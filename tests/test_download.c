@@ -305,17 +305,31 @@ static void full_download(void **state) {
   assert_string_equal(st, "requests=1\nranges=-\n");
 }
 
-static void resume_after_dropped_connection(void **state) {
-  struct ctx *c = *state;
-  struct fy_download_request req = request(c, url(c, "/a.bin?tag=drop&drop=100000"));
+/* 5000 bytes that are not the artifact's, left in the .part file. */
+static void write_junk_part(struct ctx *c) {
+  uint8_t junk[5000];
+  memset(junk, 0xee, sizeof(junk));
+  write_file(c->part, junk, sizeof(junk));
+}
+
+/* Downloads path, which must succeed after `attempts` attempts, resuming
+ * from `resumed`; the server's log for tag must read want_stats. */
+static void expect_success(struct ctx *c, const char *path, int attempts, uint64_t resumed, const char *tag,
+                           const char *want_stats) {
+  struct fy_download_request req = request(c, url(c, path));
   struct run run = {0};
   run_download(&req, &run);
   assert_int_equal(run.res.code, 0);
-  assert_int_equal(run.res.attempts, 2);
-  assert_int_equal(run.res.resumed_from, 100000);
+  assert_int_equal(run.res.attempts, attempts);
+  assert_int_equal(run.res.resumed_from, resumed);
   assert_dest_is_artifact(c);
-  FY_AUTOFREE char *st = stats(c, "drop");
-  assert_string_equal(st, "requests=2\nranges=-,bytes=100000-\n");
+  FY_AUTOFREE char *st = stats(c, tag);
+  assert_string_equal(st, want_stats);
+}
+
+static void resume_after_dropped_connection(void **state) {
+  struct ctx *c = *state;
+  expect_success(c, "/a.bin?tag=drop&drop=100000", 2, 100000, "drop", "requests=2\nranges=-,bytes=100000-\n");
   fflush(c->logf);
   assert_contains(c->logbuf, "event=download.retry");
 }
@@ -323,48 +337,20 @@ static void resume_after_dropped_connection(void **state) {
 static void resume_of_an_existing_part(void **state) {
   struct ctx *c = *state;
   write_file(c->part, c->srv->data, 123456);
-  struct fy_download_request req = request(c, url(c, "/a.bin?tag=prepart"));
-  struct run run = {0};
-  run_download(&req, &run);
-  assert_int_equal(run.res.code, 0);
-  assert_int_equal(run.res.attempts, 1);
-  assert_int_equal(run.res.resumed_from, 123456);
-  assert_dest_is_artifact(c);
-  FY_AUTOFREE char *st = stats(c, "prepart");
-  assert_string_equal(st, "requests=1\nranges=bytes=123456-\n");
+  expect_success(c, "/a.bin?tag=prepart", 1, 123456, "prepart", "requests=1\nranges=bytes=123456-\n");
 }
 
 static void server_ignoring_range_restarts_from_zero(void **state) {
   struct ctx *c = *state;
   /* Garbage in the .part must not survive a restart. */
-  uint8_t junk[5000];
-  memset(junk, 0xee, sizeof(junk));
-  write_file(c->part, junk, sizeof(junk));
-  struct fy_download_request req = request(c, url(c, "/a.bin?tag=norange&norange=1"));
-  struct run run = {0};
-  run_download(&req, &run);
-  assert_int_equal(run.res.code, 0);
-  assert_int_equal(run.res.attempts, 2);
-  assert_int_equal(run.res.resumed_from, 0);
-  assert_dest_is_artifact(c);
-  FY_AUTOFREE char *st = stats(c, "norange");
-  assert_string_equal(st, "requests=2\nranges=bytes=5000-,-\n");
+  write_junk_part(c);
+  expect_success(c, "/a.bin?tag=norange&norange=1", 2, 0, "norange", "requests=2\nranges=bytes=5000-,-\n");
 }
 
 static void range_not_satisfiable_restarts_from_zero(void **state) {
   struct ctx *c = *state;
-  uint8_t junk[5000];
-  memset(junk, 0xee, sizeof(junk));
-  write_file(c->part, junk, sizeof(junk));
-  struct fy_download_request req = request(c, url(c, "/a.bin?tag=r416&n416=1"));
-  struct run run = {0};
-  run_download(&req, &run);
-  assert_int_equal(run.res.code, 0);
-  assert_int_equal(run.res.attempts, 2);
-  assert_int_equal(run.res.resumed_from, 0);
-  assert_dest_is_artifact(c);
-  FY_AUTOFREE char *st = stats(c, "r416");
-  assert_string_equal(st, "requests=2\nranges=bytes=5000-,-\n");
+  write_junk_part(c);
+  expect_success(c, "/a.bin?tag=r416&n416=1", 2, 0, "r416", "requests=2\nranges=bytes=5000-,-\n");
 }
 
 static void service_unavailable_twice_then_success(void **state) {
