@@ -482,10 +482,8 @@ static int enroll(int argc, char **argv, const struct fy_proc *proc) {
                         cfg.nargs);
   } else if (fy_labels_parse(fy_cfg_str(&cfg, "labels"), &s->labels, &err) < 0) {
     st = fy_applet_fail(proc, "agent enroll", FY_EXIT_USAGE, "--labels: %s", err.msg);
-  } else if (read_update_prefs(&cfg, &s->update, &err) < 0) {
-    /* The enrollment request carries them in its facts. */
-    st = fy_applet_fail(proc, "agent enroll", FY_EXIT_USAGE, "%s", err.msg);
-  } else if (decode_ticket_text(cfg.args[0], &s->ticket, &err) < 0) {
+  } else if (read_update_prefs(&cfg, &s->update, &err) < 0 || /* the enrollment's facts carry them */
+             decode_ticket_text(cfg.args[0], &s->ticket, &err) < 0) {
     st = fy_applet_fail(proc, "agent enroll", FY_EXIT_USAGE, "%s", err.msg);
   } else if (fy_crypto_init(&err) < 0 || mkdir_p(dir, &err) < 0) {
     st = fy_applet_fail(proc, "agent enroll", FY_EXIT_FAIL, "%s", err.msg);
